@@ -1,0 +1,56 @@
+# portside: `make run` shows this machine's ports; `make test` checks everything.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# Debian packages the tests drive for real (installed by `make test` when run as root).
+APT_PACKAGES := iproute2 openssh-server openssh-client lsof
+APT_NO_RECOMMENDS := qemu-system-x86
+BENCH_APT_PACKAGES := hyperfine
+
+.PHONY: run test lint typecheck unit bench system-packages clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/portside
+
+system-packages:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		missing=""; \
+		for p in $(APT_PACKAGES) $(APT_NO_RECOMMENDS) $(EXTRA_APT); do \
+			dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
+		done; \
+		if [ -n "$$missing" ]; then \
+			echo "installing:$$missing"; \
+			[ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; }; \
+			DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
+		fi; \
+	else \
+		echo "not root (or no apt-get): system packages not installed; tests that need them are skipped"; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/ruff format --check src tests scripts bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: system-packages $(STAMP) lint typecheck
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(MAKE) system-packages EXTRA_APT="$(BENCH_APT_PACKAGES)"
+	$(BIN)/python bench/bench_inspect.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

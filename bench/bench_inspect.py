@@ -1,0 +1,131 @@
+"""Inspection figures, side by side with ss, measured with hyperfine.
+
+Sets up about 3,000 TCP listeners on loopback (held by 30 worker processes) and tops the
+machine up to about 700 processes (idle ``sleep`` processes), then times:
+
+* ``portside ls --json``               vs  ``ss -tlnpH``
+* ``portside who PORT --json``         vs  ``ss -tlnpH 'sport = :PORT'``
+* ``portside --version``               vs  ``python -c pass`` (same venv)
+
+Every process it starts is ended by pid when it finishes. Results: medians and ratios on
+stdout and in bench/results/inspect.json.
+
+    .venv/bin/python bench/bench_inspect.py [--runs 30] [--listeners 3000] [--processes 700]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+HOLDER = """
+import socket, sys, time
+n = int(sys.argv[1])
+held = []
+for _ in range(n):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    held.append(s)
+print(held[0].getsockname()[1], flush=True)
+sys.stdin.read()  # until the benchmark closes our stdin
+"""
+
+
+def start_holders(listeners: int, workers: int) -> tuple[list[subprocess.Popen[str]], int]:
+    per_worker = -(-listeners // workers)
+    procs: list[subprocess.Popen[str]] = []
+    first_port = 0
+    for _ in range(workers):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(per_worker)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        procs.append(proc)
+    for proc in procs:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # readiness: the worker prints once every socket listens
+        first_port = first_port or int(line)
+    return procs, first_port
+
+
+def start_sleepers(target_total: int) -> list[subprocess.Popen[bytes]]:
+    current = sum(1 for name in os.listdir("/proc") if name.isdigit())
+    return [subprocess.Popen(["sleep", "3600"]) for _ in range(max(0, target_total - current))]
+
+
+def hyperfine(commands: dict[str, list[str]], runs: int, out: Path) -> dict[str, float]:
+    import shlex
+
+    args = ["hyperfine", "-N", "--warmup", "3", "--runs", str(runs), "--export-json", str(out), "--style", "basic"]
+    for name, argv in commands.items():
+        args.extend(["--command-name", name, shlex.join(argv)])
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+    results = json.loads(out.read_text())["results"]
+    return {r["command"]: float(r["median"]) for r in results}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--listeners", type=int, default=3000)
+    parser.add_argument("--processes", type=int, default=700)
+    parser.add_argument("--workers", type=int, default=30)
+    options = parser.parse_args()
+    if not shutil.which("hyperfine") or not shutil.which("ss"):
+        print("needs hyperfine and ss (apt-get install hyperfine iproute2)", file=sys.stderr)
+        return 2
+    portside = str(BIN / "portside")
+    python = str(BIN / "python")
+    holders, port = start_holders(options.listeners, options.workers)
+    sleepers = start_sleepers(options.processes)
+    try:
+        total_procs = sum(1 for name in os.listdir("/proc") if name.isdigit())
+        listening = len(subprocess.run(["ss", "-tlnH"], capture_output=True, text=True, check=True).stdout.splitlines())
+        with tempfile.TemporaryDirectory() as tmp:
+            medians = hyperfine(
+                {
+                    "ss -tlnpH": ["ss", "-tlnpH"],
+                    "portside ls --json": [portside, "ls", "--json"],
+                    "ss -tlnpH sport": ["ss", "-tlnpH", f"sport = :{port}"],
+                    "portside who --json": [portside, "who", str(port), "--json"],
+                    "python -c pass": [python, "-c", "pass"],
+                    "portside --version": [portside, "--version"],
+                },
+                options.runs,
+                Path(tmp) / "hyperfine.json",
+            )
+    finally:
+        for proc in holders:
+            assert proc.stdin is not None
+            proc.stdin.close()
+        for sleeper in sleepers:
+            sleeper.kill()
+        for proc in [*holders, *sleepers]:
+            proc.wait()
+    figures = {
+        "ls_vs_ss": (medians["portside ls --json"] / medians["ss -tlnpH"], 1.0),
+        "who_vs_ss_filtered": (medians["portside who --json"] / medians["ss -tlnpH sport"], 0.7),
+        "version_vs_bare_python": (medians["portside --version"] / medians["python -c pass"], 3.0),
+    }
+    report = {
+        "machine": {"listeners": listening, "processes": total_procs, "cpus": os.cpu_count()},
+        "medians_ms": {name: round(value * 1000, 2) for name, value in medians.items()},
+        "ratios": {name: {"measured": round(ratio, 3), "goal": goal, "met": ratio <= goal} for name, (ratio, goal) in figures.items()},
+    }
+    results = ROOT / "bench" / "results"
+    results.mkdir(exist_ok=True)
+    (results / "inspect.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0 if all(r["met"] for r in report["ratios"].values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""Everything the CLI writes to the terminal goes through here.
+
+JSON for machines (the one encoder, ``models.json_document``); tables for people, drawn
+with rich on a colour terminal and as plain aligned text otherwise (pipes, NO_COLOR),
+from the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from portside.models import Hint, Owner, SocketEntry, json_document
+
+Row = Sequence[str]
+
+
+def print_json(kind: str, payload: object) -> None:
+    sys.stdout.write(json.dumps(json_document(kind, payload), indent=2) + "\n")
+
+
+def use_colour(no_color: bool) -> bool:
+    """Colour only on a terminal, never with ``--no-color`` or ``NO_COLOR`` set."""
+    return not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
+
+
+def print_table(title: str | None, headers: Row, rows: Sequence[Row], *, colour: bool) -> None:
+    """A table: rich on a colour terminal, plain aligned columns otherwise."""
+    if colour:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left", title_style="bold", header_style="bold cyan")
+        for header in headers:
+            table.add_column(header, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+        return
+    lines = []
+    if title:
+        lines.append(title)
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    for row in (headers, *rows):
+        cells = [str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def print_lines(lines: Sequence[str]) -> None:
+    sys.stdout.write("".join(f"{line}\n" for line in lines))
+
+
+def print_hints(hints: Sequence[Hint]) -> None:
+    if not hints:
+        return
+    lines = ["", "hints:"]
+    for hint in hints:
+        fix = f"  -> {hint.fix}" if hint.fix else ""
+        lines.append(f"  ! {hint.message}{fix}")
+    print_lines(lines)
+
+
+def endpoint_text(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def owner_text(entry: SocketEntry) -> str:
+    """``nginx[123]`` (several joined), or why there is no owner."""
+    if entry.owners:
+        return ",".join(f"{o.process.name}[{o.process.pid}]" for o in entry.owners)
+    return {
+        "not-visible": "(not visible)",
+        "kernel": "(kernel)",
+        "not-looked-up": "-",
+    }.get(entry.owner_status, "-")
+
+
+def identity_text(owner: Owner) -> str:
+    identity = owner.identity
+    if identity is None:
+        return ""
+    text = identity.label
+    if identity.target:
+        text += f" -> {identity.target}"
+    if identity.project_dir:
+        text += f" ({identity.project_dir})"
+    return text
+
+
+def what_text(entry: SocketEntry) -> str:
+    return "; ".join(filter(None, (identity_text(o) for o in entry.owners[:1])))
+
+
+def user_text(entry: SocketEntry) -> str:
+    users = {o.process.user for o in entry.owners if o.process.user}
+    if users:
+        return ",".join(sorted(users))
+    if entry.uid is None:
+        return ""
+    from portside.processes import user_name
+
+    return user_name(entry.uid)
+
+
+def netns_text(entry: SocketEntry) -> str:
+    if entry.netns is None or entry.netns.is_current:
+        return ""
+    return entry.netns.name
+
+
+def socket_row(entry: SocketEntry, *, with_state: bool) -> list[str]:
+    row = [entry.transport.value, endpoint_text(entry.local.ip, entry.local.port)]
+    if with_state:
+        row.append(entry.state.value)
+        row.append(endpoint_text(entry.remote.ip, entry.remote.port) if entry.remote else "")
+    row.extend([owner_text(entry), user_text(entry), what_text(entry), netns_text(entry)])
+    return row
+
+
+def socket_headers(*, with_state: bool) -> list[str]:
+    headers = ["PROTO", "LOCAL"]
+    if with_state:
+        headers.extend(["STATE", "REMOTE"])
+    headers.extend(["PROCESS", "USER", "WHAT", "NETNS"])
+    return headers
+
+
+def since_text(start_time: float | None) -> str:
+    if start_time is None:
+        return "?"
+    seconds = max(0, int(time.time() - start_time))
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    if seconds < 172800:
+        return f"{seconds // 3600}h ago"
+    return f"{seconds // 86400}d ago"

@@ -1,0 +1,70 @@
+"""The contract every socket-table backend honours, and the choice of backend."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+from typing import Protocol
+
+from portside.errors import UsageError
+from portside.models import NetNamespace, SocketEntry, SocketState, Transport
+
+#: Environment variable that selects a backend (same as the hidden ``--backend`` option).
+BACKEND_ENV = "PORTSIDE_BACKEND"
+BACKEND_NAMES = ("netlink", "procfs", "psutil")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SocketQuery:
+    """What to list. ``states`` None means every state; ``port`` filters the local port
+    (pushed into the kernel request by the netlink backend)."""
+
+    transports: frozenset[Transport] = frozenset({Transport.TCP, Transport.UDP})
+    states: frozenset[SocketState] | None = None
+    port: int | None = None
+
+
+class SocketBackend(Protocol):
+    """What every platform backend provides. Keep it this small."""
+
+    name: str
+
+    def entries(self, query: SocketQuery) -> list[SocketEntry]:
+        """Sockets of the current network namespace matching ``query``, without owners
+        (``owner_status`` NOT_LOOKED_UP) unless the backend learns owners for free."""
+        ...
+
+    def entries_in_namespace(self, namespace: NetNamespace, pid: int | None, query: SocketQuery) -> list[SocketEntry]:
+        """The same for another network namespace (``pid``: one process inside it, if any).
+
+        Raises BackendUnavailableError when this backend cannot look inside namespaces.
+        """
+        ...
+
+
+def select_backend(name: str | None = None) -> SocketBackend:
+    """The backend called ``name`` (or ``$PORTSIDE_BACKEND``), else the best for this platform."""
+    name = name or os.environ.get(BACKEND_ENV) or None
+    if name is not None and name not in BACKEND_NAMES:
+        raise UsageError(f"unknown socket backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    if sys.platform == "linux":
+        if name in (None, "netlink"):
+            from portside.sockets._netlink import NetlinkBackend
+
+            backend = NetlinkBackend()
+            if name == "netlink" or backend.is_available():
+                return backend
+            name = "procfs"
+        if name == "procfs":
+            from portside.sockets._procfs import ProcfsBackend
+
+            return ProcfsBackend()
+    elif name in ("netlink", "procfs"):
+        raise UsageError(f"the {name} backend needs Linux; use psutil")
+    from portside.sockets._psutil import PsutilBackend
+
+    return PsutilBackend()
+
+
