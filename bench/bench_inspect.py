@@ -46,7 +46,10 @@ def start_holders(listeners: int, workers: int) -> tuple[list[subprocess.Popen[s
     first_port = 0
     for _ in range(workers):
         proc = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(per_worker)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", HOLDER, str(per_worker)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         procs.append(proc)
     for proc in procs:
@@ -64,7 +67,18 @@ def start_sleepers(target_total: int) -> list[subprocess.Popen[bytes]]:
 def hyperfine(commands: dict[str, list[str]], runs: int, out: Path) -> dict[str, float]:
     import shlex
 
-    args = ["hyperfine", "-N", "--warmup", "3", "--runs", str(runs), "--export-json", str(out), "--style", "basic"]
+    args = [
+        "hyperfine",
+        "-N",
+        "--warmup",
+        "3",
+        "--runs",
+        str(runs),
+        "--export-json",
+        str(out),
+        "--style",
+        "basic",
+    ]
     for name, argv in commands.items():
         args.extend(["--command-name", name, shlex.join(argv)])
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
@@ -88,7 +102,11 @@ def main() -> int:
     sleepers = start_sleepers(options.processes)
     try:
         total_procs = sum(1 for name in os.listdir("/proc") if name.isdigit())
-        listening = len(subprocess.run(["ss", "-tlnH"], capture_output=True, text=True, check=True).stdout.splitlines())
+        listening = len(
+            subprocess.run(
+                ["ss", "-tlnH"], capture_output=True, text=True, check=True
+            ).stdout.splitlines()
+        )
         with tempfile.TemporaryDirectory() as tmp:
             medians = hyperfine(
                 {
@@ -108,23 +126,31 @@ def main() -> int:
             proc.stdin.close()
         for sleeper in sleepers:
             sleeper.kill()
-        for proc in [*holders, *sleepers]:
-            proc.wait()
-    figures = {
+        for holder in holders:
+            holder.wait()
+        for sleeper in sleepers:
+            sleeper.wait()
+    figures: dict[str, tuple[float, float]] = {
         "ls_vs_ss": (medians["portside ls --json"] / medians["ss -tlnpH"], 1.0),
         "who_vs_ss_filtered": (medians["portside who --json"] / medians["ss -tlnpH sport"], 0.7),
         "version_vs_bare_python": (medians["portside --version"] / medians["python -c pass"], 3.0),
     }
+    ratios = {
+        name: {"measured": round(ratio, 3), "goal": goal, "met": ratio <= goal} for name, (ratio, goal) in figures.items()
+    }
     report = {
         "machine": {"listeners": listening, "processes": total_procs, "cpus": os.cpu_count()},
         "medians_ms": {name: round(value * 1000, 2) for name, value in medians.items()},
-        "ratios": {name: {"measured": round(ratio, 3), "goal": goal, "met": ratio <= goal} for name, (ratio, goal) in figures.items()},
+        "ratios": {
+            name: {"measured": round(ratio, 3), "goal": goal, "met": ratio <= goal}
+            for name, (ratio, goal) in figures.items()
+        },
     }
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
     (results / "inspect.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
-    return 0 if all(r["met"] for r in report["ratios"].values()) else 1
+    return 0 if all(r["met"] for r in ratios.values()) else 1
 
 
 if __name__ == "__main__":

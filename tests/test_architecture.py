@@ -11,8 +11,28 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "portside"
-PURE = ["models.py", "errors.py", "addresses.py", "ports.py", "procfs.py", "sockdiag.py", "identify.py"]
-IO_MODULES = {"asyncio", "selectors", "ssl", "socket", "subprocess", "sqlite3", "psutil", "rich", "os", "pathlib", "shutil"}
+PURE = [
+    "models.py",
+    "errors.py",
+    "addresses.py",
+    "ports.py",
+    "procfs.py",
+    "sockdiag.py",
+    "identify.py",
+]
+IO_MODULES = {
+    "asyncio",
+    "selectors",
+    "ssl",
+    "socket",
+    "subprocess",
+    "sqlite3",
+    "psutil",
+    "rich",
+    "os",
+    "pathlib",
+    "shutil",
+}
 HEAVY = ("rich", "psutil", "asyncio")
 
 
@@ -50,7 +70,9 @@ def test_nothing_in_the_library_imports_the_cli():
         for path in PKG.rglob("*.py")
         if "cli" not in path.relative_to(PKG).parts
         and path.name != "__main__.py"
-        and any(m == "portside.cli" or m.startswith("portside.cli.") for m in imported_modules(path))
+        and any(
+            m == "portside.cli" or m.startswith("portside.cli.") for m in imported_modules(path)
+        )
     ]
     assert offenders == []
 
@@ -63,7 +85,13 @@ def loaded_after(argv: list[str]) -> tuple[int, set[str], str]:
         "sys.stdout.flush()\n"
         "sys.stderr.write(json.dumps([code, sorted(sys.modules)]))\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False, env={**os.environ, "NO_COLOR": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
     code, modules = json.loads(done.stderr.strip().splitlines()[-1])
     return code, set(modules), done.stdout
 

@@ -150,7 +150,10 @@ def parse_target(text: str, *, require_port: bool = False) -> Target:
             known = ", ".join(sorted(DEFAULT_PORTS))
             raise TargetError(original, f"unknown scheme {scheme!r}; known schemes: {known}")
         rest = text[match.end() :]
-        cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+        cut = min(
+            (i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0),
+            default=len(rest),
+        )
         authority, path = rest[:cut], rest[cut:] or "/"
         if "@" in authority:
             authority = authority.rsplit("@", 1)[1]  # user:password@ is not part of the endpoint

@@ -53,18 +53,24 @@ def _explain_address(ip: str) -> AddressExplanation:
                 on_link.append(entry.interface)
     if address.version == 4 and address.is_loopback and not carried:
         # 127.0.0.0/8 is routed to lo as a whole, even without an explicit address.
-        carried.extend(sorted({e.interface for e in local if ipaddress.ip_address(e.ip).is_loopback}))
+        carried.extend(
+            sorted({e.interface for e in local if ipaddress.ip_address(e.ip).is_loopback})
+        )
     if facts.mapped_ipv4:
         notes.append(
             f"an IPv4-mapped IPv6 address: IPv6 sockets see IPv4 peer {facts.mapped_ipv4} this way"
         )
     if address.is_unspecified:
-        notes.append("a wildcard: a socket bound here listens on every interface (exposed to the network)")
+        notes.append(
+            "a wildcard: a socket bound here listens on every interface (exposed to the network)"
+        )
     elif not carried and not address.is_loopback:
         notes.append("no local interface carries this address: binding it fails (EADDRNOTAVAIL)")
     dedupe = tuple(dict.fromkeys(carried))
     on_link_only = tuple(name for name in dict.fromkeys(on_link) if name not in dedupe)
-    return AddressExplanation(facts=facts, carried_by=dedupe, on_link=on_link_only, notes=tuple(notes))
+    return AddressExplanation(
+        facts=facts, carried_by=dedupe, on_link=on_link_only, notes=tuple(notes)
+    )
 
 
 def _explain_name(name: str) -> NameExplanation:
@@ -98,6 +104,8 @@ def explain(text: str) -> Explanation:
     port = None
     if target.port is not None:
         port = port_facts(target.port, port_settings(), iana_services(target.port))
-    address = _explain_address(target.host) if target.host_kind is HostKind.IP and target.host else None
+    address = (
+        _explain_address(target.host) if target.host_kind is HostKind.IP and target.host else None
+    )
     name = _explain_name(target.host) if target.host_kind is HostKind.NAME and target.host else None
     return Explanation(target=target, port=port, address=address, name=name)

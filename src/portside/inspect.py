@@ -15,9 +15,9 @@ from portside.identify import identify
 from portside.models import (
     Exposure,
     Hint,
+    Overview,
     Owner,
     OwnerStatus,
-    Overview,
     PortHolders,
     ProcessState,
     SocketEntry,
@@ -50,12 +50,18 @@ def _owner_label(owner: Owner) -> str:
     return f"{owner.process.name}[{owner.process.pid}]"
 
 
-def hints_for(entries: Sequence[SocketEntry], kernel: KernelPortSettings, *, is_root: bool) -> list[Hint]:
+def hints_for(
+    entries: Sequence[SocketEntry], kernel: KernelPortSettings, *, is_root: bool
+) -> list[Hint]:
     """One-line observations about anything odd among ``entries`` (pure)."""
     hints: list[Hint] = []
     listening = [e for e in entries if e.state is SocketState.LISTEN]
     for entry in listening:
-        where = f"{entry.local.ip}:{entry.local.port}" if entry.family == "ipv4" else f"[{entry.local.ip}]:{entry.local.port}"
+        where = (
+            f"{entry.local.ip}:{entry.local.port}"
+            if entry.family == "ipv4"
+            else f"[{entry.local.ip}]:{entry.local.port}"
+        )
         for owner in entry.owners:
             if owner.process.state is ProcessState.STOPPED:
                 hints.append(
@@ -67,7 +73,11 @@ def hints_for(entries: Sequence[SocketEntry], kernel: KernelPortSettings, *, is_
                 )
             elif owner.process.state is ProcessState.ZOMBIE:
                 hints.append(
-                    Hint(code="owner-zombie", message=f"{where} is held by a zombie {_owner_label(owner)}", fix=None)
+                    Hint(
+                        code="owner-zombie",
+                        message=f"{where} is held by a zombie {_owner_label(owner)}",
+                        fix=None,
+                    )
                 )
         if (
             entry.transport is Transport.TCP
@@ -83,7 +93,11 @@ def hints_for(entries: Sequence[SocketEntry], kernel: KernelPortSettings, *, is_
                 )
             )
         rng = kernel.ephemeral_range
-        if rng and rng[0] <= entry.local.port <= rng[1] and entry.local.port not in kernel.reserved_ports:
+        if (
+            rng
+            and rng[0] <= entry.local.port <= rng[1]
+            and entry.local.port not in kernel.reserved_ports
+        ):
             owner_names = {o.process.name for o in entry.owners}
             if not owner_names & {"ssh", "sshd"}:
                 hints.append(
@@ -104,7 +118,9 @@ def hints_for(entries: Sequence[SocketEntry], kernel: KernelPortSettings, *, is_
                             fix="bind it to 127.0.0.1 unless the network must reach it (`portside audit` checks the firewall)",
                         )
                     )
-    v4_ports = {e.local.port for e in listening if e.family == "ipv4" and e.exposure is Exposure.LOOPBACK}
+    v4_ports = {
+        e.local.port for e in listening if e.family == "ipv4" and e.exposure is Exposure.LOOPBACK
+    }
     for entry in listening:
         if (
             entry.family == "ipv6"
@@ -201,11 +217,15 @@ def list_sockets(
 
     backend = select_backend(backend_name)
     transports = (
-        frozenset({selection.transport}) if selection.transport else frozenset({Transport.TCP, Transport.UDP})
+        frozenset({selection.transport})
+        if selection.transport
+        else frozenset({Transport.TCP, Transport.UDP})
     )
     if selection.connections:
         found: Iterable[SocketEntry] = socket_table(
-            SocketQuery(transports=transports, port=selection.port), namespaces=namespaces, backend=backend
+            SocketQuery(transports=transports, port=selection.port),
+            namespaces=namespaces,
+            backend=backend,
         )
     else:
         found = listeners(transports=transports, namespaces=namespaces, backend=backend)
@@ -232,7 +252,9 @@ def who(text: str, *, namespaces: bool = True, backend_name: str | None = None) 
 
     target = parse_target(text)
     if target.port is None:
-        raise UsageError(f"{text!r}: give a port, e.g. `portside who 3000` or `portside who 127.0.0.1:3000`")
+        raise UsageError(
+            f"{text!r}: give a port, e.g. `portside who 3000` or `portside who 127.0.0.1:3000`"
+        )
     found = port_sockets(target.port, namespaces=namespaces, backend=select_backend(backend_name))
     if target.ip is not None:
         found = [e for e in found if _covers(e.local.ip, target.ip)]

@@ -21,7 +21,9 @@ def _read_sysctl(name: str) -> str | None:
 def port_settings() -> KernelPortSettings:
     """Ephemeral range, reserved ports and the privileged limit of this kernel."""
     if sys.platform != "linux":
-        return KernelPortSettings(ephemeral_range=None, reserved_ports=frozenset(), unprivileged_port_start=None)
+        return KernelPortSettings(
+            ephemeral_range=None, reserved_ports=frozenset(), unprivileged_port_start=None
+        )
     ephemeral: tuple[int, int] | None = None
     text = _read_sysctl("ip_local_port_range")
     if text:
@@ -66,6 +68,11 @@ def interface_addresses() -> list[InterfaceAddress]:
                     prefix = None
             state = stats.get(name)
             found.append(
-                InterfaceAddress(interface=name, ip=ip, prefix_length=prefix, is_up=None if state is None else state.isup)
+                InterfaceAddress(
+                    interface=name,
+                    ip=ip,
+                    prefix_length=prefix,
+                    is_up=None if state is None else state.isup,
+                )
             )
     return found

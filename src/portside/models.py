@@ -88,7 +88,9 @@ class OwnerStatus(enum.StrEnum):
     """Whether the processes that hold a socket could be seen."""
 
     FOUND = "found"  # ``owners`` lists them
-    NOT_VISIBLE = "not-visible"  # a process holds it, but we may not see which (permissions, pid namespace)
+    NOT_VISIBLE = (
+        "not-visible"  # a process holds it, but we may not see which (permissions, pid namespace)
+    )
     KERNEL = "kernel"  # no process by nature: TIME_WAIT and other orphaned kernel sockets
     NOT_LOOKED_UP = "not-looked-up"  # the caller asked for sockets without owners
 
@@ -218,8 +220,8 @@ _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def _encode(obj: object, memo: dict[int, JSONValue]) -> JSONValue:
-    if obj is None or isinstance(obj, (bool, int, float)) and not isinstance(obj, enum.Enum):
-        return obj  # type: ignore[return-value]
+    if obj is None or (isinstance(obj, (bool, int, float)) and not isinstance(obj, enum.Enum)):
+        return obj
     if isinstance(obj, enum.Enum):
         return _encode(obj.value, memo)
     if isinstance(obj, str):

@@ -144,7 +144,9 @@ def port_facts(port: int, kernel: KernelPortSettings, services: Iterable[Service
     )
     notes: list[str] = []
     if port == 0:
-        notes.append("port 0 asks the kernel for any free port; nothing can listen on port 0 itself")
+        notes.append(
+            "port 0 asks the kernel for any free port; nothing can listen on port 0 itself"
+        )
     if in_ephemeral and port not in kernel.reserved_ports:
         notes.append(
             "inside the ephemeral range: outgoing connections may take this port at any time,"

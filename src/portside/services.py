@@ -33,7 +33,9 @@ def iana_services(port: int) -> tuple[Service, ...]:
         number, protocols, name, description = line.split("\t")
         if int(number) != port:
             break
-        found.append(Service(name=name, protocols=tuple(protocols.split(",")), description=description))
+        found.append(
+            Service(name=name, protocols=tuple(protocols.split(",")), description=description)
+        )
     return tuple(found)
 
 

@@ -96,7 +96,10 @@ def test_who_exits_1_when_nothing_holds_the_port(capsys):
 
 
 def test_ls_json_lists_our_udp_and_tcp_listeners(capsys):
-    with socket.create_server(("127.0.0.1", 0)) as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+    with (
+        socket.create_server(("127.0.0.1", 0)) as tcp,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+    ):
         udp.bind(("127.0.0.1", 0))
         code, out, _ = run(capsys, "ls", "--json", "--pid", str(os.getpid()))
         ports = {("tcp", tcp.getsockname()[1]), ("udp", udp.getsockname()[1])}
@@ -104,7 +107,9 @@ def test_ls_json_lists_our_udp_and_tcp_listeners(capsys):
     document = json.loads(out)
     found = {(s["transport"], s["local"]["port"]) for s in document["sockets"]}
     assert ports <= found
-    assert all(os.getpid() in [o["process"]["pid"] for o in s["owners"]] for s in document["sockets"])
+    assert all(
+        os.getpid() in [o["process"]["pid"] for o in s["owners"]] for s in document["sockets"]
+    )
 
 
 def test_ls_filters_by_port_and_proto(capsys):
@@ -134,12 +139,17 @@ def test_ls_all_adds_connections(capsys):
                 client_port = client.getsockname()[1]
     states = sorted(s["state"] for s in json.loads(out)["sockets"])
     assert states == ["established", "listen"]
-    assert [s["remote"]["port"] for s in json.loads(out)["sockets"] if s["state"] == "established"] == [client_port]
+    assert [
+        s["remote"]["port"] for s in json.loads(out)["sockets"] if s["state"] == "established"
+    ] == [client_port]
     assert [s["state"] for s in json.loads(plain)["sockets"]] == ["listen"]
 
 
 def test_overview_groups_by_exposure(capsys):
-    with socket.create_server(("127.0.0.1", 0)) as loopback, socket.create_server(("0.0.0.0", 0)) as everywhere:
+    with (
+        socket.create_server(("127.0.0.1", 0)) as loopback,
+        socket.create_server(("0.0.0.0", 0)) as everywhere,
+    ):
         code, out, _ = run(capsys, "--json")
         ports = (loopback.getsockname()[1], everywhere.getsockname()[1])
     assert code == 0

@@ -64,7 +64,7 @@ BAD = [
     ("host_:-1", "not a number"),
     ("999.1.1.1:80", "not a valid IPv4"),
     ("bad..name:80", "neither an IP"),
-    ("１２３", "not a number"),
+    ("\uff11\uff12\uff13", "not a number"),  # full-width digits
 ]
 
 

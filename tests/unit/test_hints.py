@@ -18,14 +18,28 @@ from portside.models import (
 )
 from portside.ports import KernelPortSettings
 
-KERNEL = KernelPortSettings(ephemeral_range=(32768, 60999), reserved_ports=frozenset(), unprivileged_port_start=1024)
+KERNEL = KernelPortSettings(
+    ephemeral_range=(32768, 60999), reserved_ports=frozenset(), unprivileged_port_start=1024
+)
 
 
 def process(state=ProcessState.SLEEPING, name="server"):
-    return ProcessInfo(pid=10, ppid=1, name=name, cmdline=(name,), user="u", uid=1000, cwd="/", start_time=0.0, state=state)
+    return ProcessInfo(
+        pid=10,
+        ppid=1,
+        name=name,
+        cmdline=(name,),
+        user="u",
+        uid=1000,
+        cwd="/",
+        start_time=0.0,
+        state=state,
+    )
 
 
-def listener(ip="127.0.0.1", port=8080, family=Family.IPV4, owners=(), rq=0, wq=128, status=OwnerStatus.FOUND):
+def listener(
+    ip="127.0.0.1", port=8080, family=Family.IPV4, owners=(), rq=0, wq=128, status=OwnerStatus.FOUND
+):
     from portside.addresses import exposure_of
 
     return SocketEntry(
@@ -53,7 +67,11 @@ def test_a_healthy_loopback_listener_has_no_hints():
 
 
 def test_a_stopped_owner_is_hinted_with_the_fix():
-    hints = hints_for([listener(owners=(Owner(process=process(ProcessState.STOPPED), identity=None),))], KERNEL, is_root=True)
+    hints = hints_for(
+        [listener(owners=(Owner(process=process(ProcessState.STOPPED), identity=None),))],
+        KERNEL,
+        is_root=True,
+    )
     assert [h.code for h in hints] == ["owner-stopped"]
     assert hints[0].fix == "kill -CONT 10"
 
@@ -73,7 +91,9 @@ def test_an_ipv6_only_loopback_listener_is_hinted_unless_ipv4_has_it_too():
     assert codes([v6, listener()]) == []
 
 
-@pytest.mark.parametrize(("kind", "hinted"), [("service", True), ("dev-server", True), ("ssh-local-forward", False)])
+@pytest.mark.parametrize(
+    ("kind", "hinted"), [("service", True), ("dev-server", True), ("ssh-local-forward", False)]
+)
 def test_sensitive_services_on_all_interfaces_are_hinted(kind, hinted):
     owner = Owner(process=process(), identity=Identity(kind=kind, label="thing"))
     entry = listener(ip="0.0.0.0", owners=(owner,))

@@ -13,12 +13,21 @@ from portside.ports import (
 )
 from portside.services import iana_services, service_name
 
-LINUX = KernelPortSettings(ephemeral_range=(32768, 60999), reserved_ports=frozenset({40000}), unprivileged_port_start=1024)
+LINUX = KernelPortSettings(
+    ephemeral_range=(32768, 60999), reserved_ports=frozenset({40000}), unprivileged_port_start=1024
+)
 
 
 @pytest.mark.parametrize(
     ("port", "cls"),
-    [(0, PortClass.WELL_KNOWN), (1023, PortClass.WELL_KNOWN), (1024, PortClass.REGISTERED), (49151, PortClass.REGISTERED), (49152, PortClass.DYNAMIC), (65535, PortClass.DYNAMIC)],
+    [
+        (0, PortClass.WELL_KNOWN),
+        (1023, PortClass.WELL_KNOWN),
+        (1024, PortClass.REGISTERED),
+        (49151, PortClass.REGISTERED),
+        (49152, PortClass.DYNAMIC),
+        (65535, PortClass.DYNAMIC),
+    ],
 )
 def test_iana_class_boundaries(port, cls):
     assert port_class(port) is cls
@@ -45,9 +54,13 @@ def test_62893_is_outside_linux_but_inside_macos_and_windows_ranges():
 def test_privileged_follows_the_kernel_limit():
     assert port_facts(80, LINUX, ()).privileged is True
     assert port_facts(1024, LINUX, ()).privileged is False
-    lowered = KernelPortSettings(ephemeral_range=None, reserved_ports=frozenset(), unprivileged_port_start=80)
+    lowered = KernelPortSettings(
+        ephemeral_range=None, reserved_ports=frozenset(), unprivileged_port_start=80
+    )
     assert port_facts(80, lowered, ()).privileged is False
-    unknown = KernelPortSettings(ephemeral_range=None, reserved_ports=frozenset(), unprivileged_port_start=None)
+    unknown = KernelPortSettings(
+        ephemeral_range=None, reserved_ports=frozenset(), unprivileged_port_start=None
+    )
     assert port_facts(80, unknown, ()).privileged is None
     assert port_facts(80, unknown, ()).in_ephemeral_range is None
 

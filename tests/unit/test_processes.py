@@ -38,7 +38,11 @@ def test_a_stopped_child_reads_as_stopped_and_names_its_parent():
         os.kill(child.pid, signal.SIGSTOP)
         deadline = time.monotonic() + 10
         info = process_info(child.pid)
-        while info is not None and info.state is not ProcessState.STOPPED and time.monotonic() < deadline:
+        while (
+            info is not None
+            and info.state is not ProcessState.STOPPED
+            and time.monotonic() < deadline
+        ):
             info = process_info(child.pid)
         assert info is not None
         assert info.state is ProcessState.STOPPED

@@ -51,7 +51,12 @@ def run_ls(options: argparse.Namespace) -> int:
         render.print_json("sockets", {"sockets": entries})
         return ExitCode.OK
     rows = [render.socket_row(e, with_state=options.all) for e in entries]
-    render.print_table(None, render.socket_headers(with_state=options.all), rows, colour=render.use_colour(options.no_color))
+    render.print_table(
+        None,
+        render.socket_headers(with_state=options.all),
+        rows,
+        colour=render.use_colour(options.no_color),
+    )
     return ExitCode.OK
 
 
@@ -63,7 +68,11 @@ def _socket_block(entry: SocketEntry) -> list[str]:
     extras = [f"exposure {entry.exposure.value}"]
     if entry.v6only is not None and entry.family == "ipv6":
         extras.append("v6only" if entry.v6only else "dual-stack")
-    if entry.recv_queue is not None and entry.send_queue is not None and entry.state.value == "listen":
+    if (
+        entry.recv_queue is not None
+        and entry.send_queue is not None
+        and entry.state.value == "listen"
+    ):
         extras.append(f"accept queue {entry.recv_queue}/{entry.send_queue}")
     if entry.netns is not None and not entry.netns.is_current:
         extras.append(f"netns {entry.netns.name}")
@@ -73,7 +82,9 @@ def _socket_block(entry: SocketEntry) -> list[str]:
     for owner in entry.owners:
         process = owner.process
         what = render.identity_text(owner)
-        lines.append(f"  {process.name}[{process.pid}] user {process.user or '?'}, {process.state.value}, started {render.since_text(process.start_time)}")
+        lines.append(
+            f"  {process.name}[{process.pid}] user {process.user or '?'}, {process.state.value}, started {render.since_text(process.start_time)}"
+        )
         if what:
             lines.append(f"    is:  {what}")
         if process.cmdline:

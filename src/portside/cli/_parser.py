@@ -30,7 +30,9 @@ def _lazy(module: str, function: str) -> Handler:
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON (schema in docs/json.md)")
-    common.add_argument("--no-color", action="store_true", help="no colour (NO_COLOR is honoured too)")
+    common.add_argument(
+        "--no-color", action="store_true", help="no colour (NO_COLOR is honoured too)"
+    )
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     # Hidden: choose the socket-table backend (netlink, procfs, psutil); $PORTSIDE_BACKEND too.
     common.add_argument("--backend", default=None, help=argparse.SUPPRESS)
@@ -62,9 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_ErrorParser)
 
     ls = commands.add_parser(
-        "ls", parents=[inspection], help="listening sockets with their owners", description="List listening sockets (TCP and UDP) with owners."
+        "ls",
+        parents=[inspection],
+        help="listening sockets with their owners",
+        description="List listening sockets (TCP and UDP) with owners.",
     )
-    ls.add_argument("-a", "--all", action="store_true", help="add connections and every other state")
+    ls.add_argument(
+        "-a", "--all", action="store_true", help="add connections and every other state"
+    )
     ls.add_argument("-p", "--port", type=_port, help="only this local port")
     ls.add_argument("--pid", type=int, help="only sockets held by this process")
     ls.add_argument("-u", "--user", help="only sockets of this user (name or uid)")

@@ -33,7 +33,9 @@ def print_table(title: str | None, headers: Row, rows: Sequence[Row], *, colour:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=title, title_justify="left", title_style="bold", header_style="bold cyan")
+        table = Table(
+            title=title, title_justify="left", title_style="bold", header_style="bold cyan"
+        )
         for header in headers:
             table.add_column(header, overflow="fold")
         for row in rows:

@@ -36,7 +36,9 @@ class SocketBackend(Protocol):
         (``owner_status`` NOT_LOOKED_UP) unless the backend learns owners for free."""
         ...
 
-    def entries_in_namespace(self, namespace: NetNamespace, pid: int | None, query: SocketQuery) -> list[SocketEntry]:
+    def entries_in_namespace(
+        self, namespace: NetNamespace, pid: int | None, query: SocketQuery
+    ) -> list[SocketEntry]:
         """The same for another network namespace (``pid``: one process inside it, if any).
 
         Raises BackendUnavailableError when this backend cannot look inside namespaces.
@@ -48,7 +50,9 @@ def select_backend(name: str | None = None) -> SocketBackend:
     """The backend called ``name`` (or ``$PORTSIDE_BACKEND``), else the best for this platform."""
     name = name or os.environ.get(BACKEND_ENV) or None
     if name is not None and name not in BACKEND_NAMES:
-        raise UsageError(f"unknown socket backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
+        raise UsageError(
+            f"unknown socket backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}"
+        )
     if sys.platform == "linux":
         if name in (None, "netlink"):
             from portside.sockets._netlink import NetlinkBackend
@@ -66,5 +70,3 @@ def select_backend(name: str | None = None) -> SocketBackend:
     from portside.sockets._psutil import PsutilBackend
 
     return PsutilBackend()
-
-
