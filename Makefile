@@ -5,9 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 # Debian packages the tests drive for real (installed by `make test` when run as root).
-APT_PACKAGES := iproute2 openssh-server openssh-client lsof
+APT_PACKAGES := iproute2 openssh-server openssh-client lsof nftables iptables openssl redis-server postgresql util-linux
 APT_NO_RECOMMENDS := qemu-system-x86
-BENCH_APT_PACKAGES := hyperfine
+BENCH_APT_PACKAGES := hyperfine nmap
 
 .PHONY: run test lint typecheck unit bench system-packages clean
 

@@ -46,6 +46,11 @@ def _with_identity(entry: SocketEntry, *, with_ancestors: bool) -> SocketEntry:
     return dataclasses.replace(entry, owners=owners)
 
 
+def with_identities(entries: Iterable[SocketEntry]) -> list[SocketEntry]:
+    """``entries`` with each owner's identity and process ancestry filled in."""
+    return [_with_identity(e, with_ancestors=True) for e in entries]
+
+
 def _owner_label(owner: Owner) -> str:
     return f"{owner.process.name}[{owner.process.pid}]"
 
@@ -260,7 +265,7 @@ def who(text: str, *, namespaces: bool = True, backend_name: str | None = None) 
         found = [e for e in found if _covers(e.local.ip, target.ip)]
     order = {SocketState.LISTEN: 0, SocketState.UNCONNECTED: 1, SocketState.BOUND: 2}
     found.sort(key=lambda e: (order.get(e.state, 3), e.transport, e.family, e.local.ip))
-    entries = tuple(_with_identity(e, with_ancestors=True) for e in found)
+    entries = tuple(with_identities(found))
     return PortHolders(
         port=target.port,
         ip=target.ip,

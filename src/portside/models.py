@@ -252,3 +252,38 @@ def json_document(kind: str, payload: object) -> dict[str, JSONValue]:
     else:
         document["items"] = body
     return document
+
+
+class Severity(enum.StrEnum):
+    CRITICAL = "critical"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+    INFO = "info"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Finding:
+    """One conclusion: a catalogue code (``FM-01`` …, or ``OK``), what was seen, what to do.
+
+    ``fix`` holds commands or steps the user can paste, in order of preference.
+    """
+
+    code: str
+    severity: Severity
+    title: str
+    evidence: tuple[str, ...] = ()
+    fix: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Diagnosis:
+    """The answer of ``portside doctor``: the one most specific verdict, then the rest."""
+
+    target: str | None
+    verdict: Finding
+    findings: tuple[Finding, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict.code == "OK"

@@ -96,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("target", metavar="PORT|ADDRESS")
     explain.set_defaults(handler=_lazy("_explain", "run_explain"))
+    doctor = commands.add_parser(
+        "doctor",
+        parents=[inspection],
+        help="why an address does not answer, and the fix",
+        description=(
+            "Diagnose TARGET (127.0.0.1:62893, localhost:3000, http://app.localhost:8080/health, :62893)"
+            " or, without one, the machine's loopback, localhost resolution and proxy settings."
+            " Exit 0 when the target answers as it implies, 1 when a problem is found, 2 for bad input."
+        ),
+    )
+    doctor.add_argument("target", metavar="TARGET", nargs="?")
+    doctor.add_argument("--timeout", type=float, default=5.0, help="bound on the whole run, seconds (default 5)")
+    doctor.set_defaults(handler=_lazy("_doctor", "run_doctor"))
     return parser
 
 

@@ -1,0 +1,333 @@
+"""Pure NETLINK_SOCK_DIAG messages: build ``inet_diag`` dump requests, parse the replies.
+
+This is the kernel interface ``ss`` uses. The backend (:mod:`portside.sockets._netlink`)
+owns the ``AF_NETLINK`` socket and only moves bytes; everything about the format lives
+here and is tested with hand-built buffers. The layouts (include/uapi/linux/)::
+
+    struct nlmsghdr        { u32 len; u16 type; u16 flags; u32 seq; u32 pid; }
+    struct inet_diag_req_v2 { u8 family, protocol, ext, pad; u32 states; struct inet_diag_sockid id; }
+    struct inet_diag_sockid { be16 sport, dport; be32 src[4], dst[4]; u32 if; u32 cookie[2]; }
+    struct inet_diag_msg   { u8 family, state, timer, retrans; struct inet_diag_sockid id;
+                             u32 expires, rqueue, wqueue, uid, inode; }   followed by rtattrs
+
+A port filter travels as an ``INET_DIAG_REQ_BYTECODE`` attribute so the kernel drops
+the other sockets itself (``ss 'sport = :PORT'`` does the same).
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from portside.models import Endpoint, Family, NetNamespace, SocketEntry, SocketState, Transport
+from portside.procfs import (
+    TCP_BOUND_INACTIVE,
+    TCP_CLOSE,
+    TCP_ESTABLISHED,
+    UNSPECIFIED_IPS,
+    cached_exposure,
+    ipv4_text,
+    ipv6_text,
+    tcp_state,
+    udp_state,
+)
+
+# Linux numbers (this module is pure, so it does not ask the socket module for them).
+AF_INET = 2
+AF_INET6 = 10
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+NETLINK_SOCK_DIAG = 4
+
+SOCK_DIAG_BY_FAMILY = 20
+NLMSG_NOOP = 1
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x01
+NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
+
+# Request attributes (enum inet_diag_req_attrs) and bytecode operations.
+INET_DIAG_REQ_BYTECODE = 1
+INET_DIAG_BC_S_EQ = 11
+INET_DIAG_NOCOOKIE = b"\xff" * 8
+
+# Reply attributes (enum inet_diag_attrs) this parser reads.
+INET_DIAG_SHUTDOWN = 8
+INET_DIAG_SKV6ONLY = 11
+INET_DIAG_MARK = 15
+INET_DIAG_CGROUP_ID = 21
+
+_NLMSGHDR = struct.Struct("=IHHII")
+_REQ_V2 = struct.Struct("=BBBxI4s16s16sI8s")
+_DIAG_MSG = struct.Struct("=BBBB2s2s16s16sI8sIIIII")
+_RTATTR = struct.Struct("=HH")
+_BC_OP = struct.Struct("=BBH")
+_U64 = struct.Struct("=Q")
+_I32 = struct.Struct("=i")
+_NATIVE_LITTLE = sys.byteorder == "little"
+
+#: Every TCP state bit the kernel knows, including the bound-only pseudo-state.
+_ALL_TCP_STATES = sum(1 << n for n in range(1, TCP_BOUND_INACTIVE + 1))
+_ALL_UDP_STATES = (1 << TCP_ESTABLISHED) | (1 << TCP_CLOSE)
+
+#: SocketState -> kernel state number(s) to ask for (the inverse of KERNEL_TCP_STATES).
+_TCP_STATE_BITS: dict[SocketState, int] = {
+    SocketState.ESTABLISHED: 1 << 1,
+    SocketState.SYN_SENT: 1 << 2,
+    SocketState.SYN_RECV: 1 << 3,
+    SocketState.FIN_WAIT1: 1 << 4,
+    SocketState.FIN_WAIT2: 1 << 5,
+    SocketState.TIME_WAIT: 1 << 6,
+    # A bound-only socket is TCP_CLOSE; Linux 6.9+ lists them only for the pseudo-state.
+    SocketState.BOUND: (1 << TCP_CLOSE) | (1 << TCP_BOUND_INACTIVE),
+    SocketState.CLOSE_WAIT: 1 << 8,
+    SocketState.LAST_ACK: 1 << 9,
+    SocketState.LISTEN: 1 << 10,
+    SocketState.CLOSING: 1 << 11,
+    SocketState.NEW_SYN_RECV: 1 << 12,
+}
+_UDP_STATE_BITS: dict[SocketState, int] = {
+    SocketState.UNCONNECTED: 1 << TCP_CLOSE,
+    SocketState.ESTABLISHED: 1 << TCP_ESTABLISHED,
+}
+
+
+def state_mask(transport: Transport, states: Iterable[SocketState] | None) -> int:
+    """The ``idiag_states`` bitmask for ``states`` (None: every state). 0 means "none of
+    these states exist for this transport": skip the dump."""
+    if transport is Transport.TCP:
+        if states is None:
+            return _ALL_TCP_STATES
+        return _mask(states, _TCP_STATE_BITS)
+    if states is None:
+        return _ALL_UDP_STATES
+    return _mask(states, _UDP_STATE_BITS)
+
+
+def _mask(states: Iterable[SocketState], bits: dict[SocketState, int]) -> int:
+    mask = 0
+    for state in states:
+        mask |= bits.get(state, 0)
+    return mask
+
+
+def port_filter(port: int) -> bytes:
+    """Bytecode that accepts sockets whose local port is ``port`` (``sport = :PORT``).
+
+    Two ``struct inet_diag_bc_op {u8 code; u8 yes; u16 no;}``: S_EQ jumps 8 bytes (to the
+    end: accept) when the port matches and 12 (past the end: reject) when not; the second
+    op only carries the port in its ``no`` field, in host order.
+    """
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError("port out of range")
+    return _BC_OP.pack(INET_DIAG_BC_S_EQ, 8, 12) + _BC_OP.pack(0, 0, port)
+
+
+def _align(length: int) -> int:
+    return (length + 3) & ~3
+
+
+def dump_request(
+    family: int, protocol: int, states: int, *, port: int | None = None, seq: int = 1, ext: int = 0
+) -> bytes:
+    """One ``SOCK_DIAG_BY_FAMILY`` dump request (``nlmsghdr`` + ``inet_diag_req_v2``
+    [+ bytecode]) for ``family`` x ``protocol``, sockets in the ``states`` bitmask,
+    optionally only those on local ``port``. Raises ValueError for out-of-range values."""
+    if family not in (AF_INET, AF_INET6):
+        raise ValueError("family must be AF_INET or AF_INET6")
+    if not 0 <= protocol <= 0xFF or not 0 <= ext <= 0xFF:
+        raise ValueError("protocol and ext are one byte each")
+    if not 0 <= states <= 0xFFFFFFFF or not 0 <= seq <= 0xFFFFFFFF:
+        raise ValueError("states and seq are 32-bit")
+    body = _REQ_V2.pack(
+        family, protocol, ext, states, bytes(4), bytes(16), bytes(16), 0, INET_DIAG_NOCOOKIE
+    )
+    if port is not None:
+        code = port_filter(port)
+        body += _RTATTR.pack(_RTATTR.size + len(code), INET_DIAG_REQ_BYTECODE) + code
+    header = _NLMSGHDR.pack(
+        _NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
+    )
+    return header + body
+
+
+class DiagRecord(NamedTuple):
+    """One socket of a dump: ``struct inet_diag_msg`` plus the attributes portside uses.
+
+    Addresses are text (``"127.0.0.1"``, ``"::1"``); ports are host numbers. For a
+    listener ``rqueue`` is the accept-queue length and ``wqueue`` the backlog.
+    ``v6only`` is None unless the kernel sent INET_DIAG_SKV6ONLY (IPv6 LISTEN/CLOSE).
+    """
+
+    family: int
+    state: int
+    local_ip: str
+    local_port: int
+    remote_ip: str
+    remote_port: int
+    ifindex: int
+    rqueue: int
+    wqueue: int
+    uid: int
+    inode: int
+    v6only: bool | None
+    cgroup_id: int | None
+    shutdown: int | None
+    mark: int | None
+
+
+class DumpChunk(NamedTuple):
+    """What one received buffer held. ``done``: the dump ended (NLMSG_DONE, or an
+    NLMSG_ERROR). ``error``: the errno the kernel reported, 0 when none."""
+
+    records: list[DiagRecord]
+    done: bool
+    error: int
+
+
+def _address(family: int, raw: bytes) -> str:
+    return ipv4_text(raw) if family == AF_INET else ipv6_text(raw)
+
+
+def _record(buffer: bytes, start: int, end: int) -> DiagRecord:
+    if end - start < _DIAG_MSG.size:
+        raise ValueError("inet_diag_msg truncated")
+    (
+        family,
+        state,
+        _timer,
+        _retrans,
+        sport,
+        dport,
+        src,
+        dst,
+        ifindex,
+        _cookie,
+        _expires,
+        rqueue,
+        wqueue,
+        uid,
+        inode,
+    ) = _DIAG_MSG.unpack_from(buffer, start)
+    if family not in (AF_INET, AF_INET6):
+        raise ValueError("unknown address family")
+    v6only: bool | None = None
+    cgroup_id: int | None = None
+    shutdown: int | None = None
+    mark: int | None = None
+    offset = start + _DIAG_MSG.size
+    while offset < end:
+        if end - offset < _RTATTR.size:
+            raise ValueError("attribute header truncated")
+        length, kind = _RTATTR.unpack_from(buffer, offset)
+        if length < _RTATTR.size or offset + length > end:
+            raise ValueError("attribute length out of bounds")
+        data = offset + _RTATTR.size
+        size = length - _RTATTR.size
+        kind &= 0x3FFF  # drop NLA_F_NESTED / NLA_F_NET_BYTEORDER
+        if kind == INET_DIAG_SKV6ONLY:
+            if size < 1:
+                raise ValueError("short INET_DIAG_SKV6ONLY")
+            v6only = buffer[data] != 0
+        elif kind == INET_DIAG_CGROUP_ID:
+            if size < 8:
+                raise ValueError("short INET_DIAG_CGROUP_ID")
+            cgroup_id = _U64.unpack_from(buffer, data)[0]
+        elif kind == INET_DIAG_SHUTDOWN:
+            if size < 1:
+                raise ValueError("short INET_DIAG_SHUTDOWN")
+            shutdown = buffer[data]
+        elif kind == INET_DIAG_MARK:
+            if size < 4:
+                raise ValueError("short INET_DIAG_MARK")
+            mark = int.from_bytes(buffer[data : data + 4], "little" if _NATIVE_LITTLE else "big")
+        offset += _align(length)
+    return DiagRecord(
+        family=family,
+        state=state,
+        local_ip=_address(family, src),
+        local_port=int.from_bytes(sport, "big"),
+        remote_ip=_address(family, dst),
+        remote_port=int.from_bytes(dport, "big"),
+        ifindex=ifindex,
+        rqueue=rqueue,
+        wqueue=wqueue,
+        uid=uid,
+        inode=inode,
+        v6only=v6only,
+        cgroup_id=cgroup_id,
+        shutdown=shutdown,
+        mark=mark,
+    )
+
+
+def parse_dump(buffer: bytes) -> DumpChunk:
+    """Parse one received netlink buffer (any number of messages).
+
+    NLMSG_DONE and NLMSG_ERROR end the dump (an error as its positive errno, also when a
+    DONE carries one); NLMSG_NOOP and unknown types are skipped. Raises ValueError, and
+    nothing else, for a buffer that breaks the format.
+    """
+    records: list[DiagRecord] = []
+    offset = 0
+    total = len(buffer)
+    while offset < total:
+        if total - offset < _NLMSGHDR.size:
+            raise ValueError("netlink header truncated")
+        length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(buffer, offset)
+        if length < _NLMSGHDR.size or offset + length > total:
+            raise ValueError("netlink message length out of bounds")
+        body = offset + _NLMSGHDR.size
+        end = offset + length
+        if kind == SOCK_DIAG_BY_FAMILY:
+            records.append(_record(buffer, body, end))
+        elif kind == NLMSG_DONE:
+            code = _I32.unpack_from(buffer, body)[0] if end - body >= _I32.size else 0
+            return DumpChunk(records, True, -code if code < 0 else 0)
+        elif kind == NLMSG_ERROR:
+            if end - body < _I32.size:
+                raise ValueError("NLMSG_ERROR truncated")
+            code = _I32.unpack_from(buffer, body)[0]
+            return DumpChunk(records, True, -code if code < 0 else 0)
+        offset += _align(length)
+    return DumpChunk(records, False, 0)
+
+
+def to_entry(
+    record: DiagRecord,
+    transport: Transport,
+    *,
+    interface: str | None = None,
+    netns: NetNamespace | None = None,
+) -> SocketEntry | None:
+    """A dump record as a SocketEntry (None for a state portside does not know).
+
+    ``interface`` is the name of ``record.ifindex`` (the caller looks it up: that is
+    I/O). For a listener ``recv_queue``/``send_queue`` are the accept queue and the
+    backlog, as ``ss`` shows them.
+    """
+    state = tcp_state(record.state) if transport is Transport.TCP else udp_state(record.state)
+    if state is None:
+        return None
+    remote: Endpoint | None = None
+    if record.remote_port or record.remote_ip not in UNSPECIFIED_IPS:
+        remote = Endpoint(ip=record.remote_ip, port=record.remote_port)
+    is_v6 = record.family == AF_INET6
+    return SocketEntry(
+        transport=transport,
+        family=Family.IPV6 if is_v6 else Family.IPV4,
+        state=state,
+        local=Endpoint(ip=record.local_ip, port=record.local_port),
+        remote=remote,
+        uid=record.uid,
+        inode=record.inode,
+        exposure=cached_exposure(record.local_ip),
+        recv_queue=record.rqueue,
+        send_queue=record.wqueue,
+        v6only=record.v6only if is_v6 else None,
+        cgroup_id=record.cgroup_id,
+        interface=interface,
+        netns=netns,
+    )

@@ -1,0 +1,417 @@
+"""Every socket-table backend this host can run finds the same real sockets.
+
+The sockets (the "zoo") live in this process, on ports the kernel picks: TCP listeners
+on 127.0.0.1, 127.0.0.2, ::1, 0.0.0.0, [::] dual-stack and [::] v6only, UDP on
+127.0.0.1 and ::1, a bound-but-not-listening TCP socket, an established pair with unread
+bytes, and a connection waiting in an accept queue. Readiness is select(), never a sleep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import select
+import socket
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from portside.errors import BackendUnavailableError
+from portside.models import (
+    Endpoint,
+    Exposure,
+    Family,
+    NetNamespace,
+    OwnerStatus,
+    SocketEntry,
+    SocketState,
+    Transport,
+)
+from portside.sockets import SocketBackend, SocketQuery, listeners, port_sockets, socket_table
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the zoo uses Linux socket options")
+
+BACKLOG = 17
+UNREAD = b"u" * 100
+
+
+def _ready(sock: socket.socket) -> None:
+    readable, _, _ = select.select([sock], [], [], 5)
+    assert readable, "socket did not become readable within 5 s"
+
+
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@dataclasses.dataclass
+class Zoo:
+    """Real sockets of this process, by name."""
+
+    sockets: dict[str, socket.socket]
+    ipv6: bool
+
+    def port(self, name: str) -> int:
+        return int(self.sockets[name].getsockname()[1])
+
+    def inode(self, name: str) -> int:
+        return os.fstat(self.sockets[name].fileno()).st_ino
+
+
+@contextlib.contextmanager
+def open_zoo() -> Iterator[Zoo]:
+    ipv6 = _has_ipv6()
+    with contextlib.ExitStack() as stack:
+        sockets: dict[str, socket.socket] = {}
+
+        def make(
+            name: str,
+            family: int,
+            kind: int,
+            address: tuple[str, int],
+            *,
+            v6only: bool | None = None,
+        ) -> socket.socket:
+            sock = stack.enter_context(socket.socket(family, kind))
+            if v6only is not None:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+            sock.bind(address)
+            if kind == socket.SOCK_STREAM and name != "bound":
+                sock.listen(BACKLOG)
+            sockets[name] = sock
+            return sock
+
+        make("tcp4", socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", 0))
+        make("tcp4b", socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.2", 0))
+        make("any4", socket.AF_INET, socket.SOCK_STREAM, ("0.0.0.0", 0))
+        make("udp4", socket.AF_INET, socket.SOCK_DGRAM, ("127.0.0.1", 0))
+        make("bound", socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", 0))
+        if ipv6:
+            make("tcp6", socket.AF_INET6, socket.SOCK_STREAM, ("::1", 0))
+            make("dual", socket.AF_INET6, socket.SOCK_STREAM, ("::", 0), v6only=False)
+            make("v6only", socket.AF_INET6, socket.SOCK_STREAM, ("::", 0), v6only=True)
+            make("udp6", socket.AF_INET6, socket.SOCK_DGRAM, ("::1", 0))
+
+        # An established pair on tcp4 with unread bytes on the server side ...
+        listener = sockets["tcp4"]
+        client = stack.enter_context(socket.create_connection(listener.getsockname()))
+        _ready(listener)
+        server, _ = listener.accept()
+        stack.enter_context(server)
+        client.sendall(UNREAD)
+        _ready(server)
+        sockets["client"], sockets["server"] = client, server
+        # ... and one more connection left waiting in tcp4's accept queue.
+        sockets["pending"] = stack.enter_context(socket.create_connection(listener.getsockname()))
+        _ready(listener)
+        yield Zoo(sockets=sockets, ipv6=ipv6)
+
+
+@pytest.fixture(scope="module")
+def zoo() -> Iterator[Zoo]:
+    with open_zoo() as opened:
+        yield opened
+
+
+def available_backends() -> list[str]:
+    return ["netlink", "procfs", "psutil"] if sys.platform == "linux" else ["psutil"]
+
+
+@pytest.fixture(scope="module", params=available_backends())
+def backend(request: pytest.FixtureRequest) -> SocketBackend:
+    if request.param == "netlink":
+        from portside.sockets._netlink import NetlinkBackend
+
+        netlink = NetlinkBackend()
+        if not netlink.is_available():
+            pytest.skip("sock_diag is not available in this kernel")
+        return netlink
+    if request.param == "procfs":
+        from portside.sockets._procfs import ProcfsBackend
+
+        return ProcfsBackend()
+    from portside.sockets._psutil import PsutilBackend
+
+    return PsutilBackend()
+
+
+@pytest.fixture(scope="module")
+def table(zoo: Zoo, backend: SocketBackend) -> list[SocketEntry]:
+    return socket_table(backend=backend)
+
+
+def find(
+    table: list[SocketEntry], transport: Transport, port: int, *, state: SocketState | None = None
+) -> list[SocketEntry]:
+    return [
+        e
+        for e in table
+        if e.transport is transport and e.local.port == port and (state is None or e.state is state)
+    ]
+
+
+def the_one(
+    table: list[SocketEntry], transport: Transport, port: int, state: SocketState
+) -> SocketEntry:
+    found = find(table, transport, port, state=state)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def owned_by_us(entry: SocketEntry) -> None:
+    assert entry.owner_status is OwnerStatus.FOUND
+    assert [owner.process.pid for owner in entry.owners] == [os.getpid()]
+    assert all(owner.identity is None for owner in entry.owners)
+
+
+LISTENERS = [
+    ("tcp4", Family.IPV4, "127.0.0.1", Exposure.LOOPBACK),
+    ("tcp4b", Family.IPV4, "127.0.0.2", Exposure.LOOPBACK),
+    ("any4", Family.IPV4, "0.0.0.0", Exposure.ALL),
+    ("tcp6", Family.IPV6, "::1", Exposure.LOOPBACK),
+    ("dual", Family.IPV6, "::", Exposure.ALL),
+    ("v6only", Family.IPV6, "::", Exposure.ALL),
+]
+
+
+@pytest.mark.parametrize(("name", "family", "ip", "exposure"), LISTENERS)
+def test_tcp_listeners_are_found_with_their_address_and_owner(
+    zoo, table, backend, name, family, ip, exposure
+):
+    if name not in zoo.sockets:
+        pytest.skip("IPv6 is not available here")
+    entry = the_one(table, Transport.TCP, zoo.port(name), SocketState.LISTEN)
+    assert entry.family is family
+    assert entry.local == Endpoint(ip=ip, port=zoo.port(name))
+    assert entry.remote is None
+    assert entry.exposure is exposure
+    owned_by_us(entry)
+
+
+@pytest.mark.parametrize(("name", "ip"), [("udp4", "127.0.0.1"), ("udp6", "::1")])
+def test_udp_sockets_are_unconnected(zoo, table, name, ip):
+    if name not in zoo.sockets:
+        pytest.skip("IPv6 is not available here")
+    entry = the_one(table, Transport.UDP, zoo.port(name), SocketState.UNCONNECTED)
+    assert entry.local.ip == ip
+    assert entry.family is (Family.IPV6 if ":" in ip else Family.IPV4)
+    assert entry.remote is None
+    owned_by_us(entry)
+
+
+def test_an_established_pair_has_both_ends(zoo, table):
+    client_port, server_port = zoo.port("client"), zoo.port("tcp4")
+    client = the_one(table, Transport.TCP, client_port, SocketState.ESTABLISHED)
+    assert client.remote == Endpoint(ip="127.0.0.1", port=server_port)
+    owned_by_us(client)
+    server = [
+        e
+        for e in find(table, Transport.TCP, server_port, state=SocketState.ESTABLISHED)
+        if e.remote == Endpoint(ip="127.0.0.1", port=client_port)
+    ]
+    assert len(server) == 1
+    owned_by_us(server[0])
+
+
+def test_a_bound_tcp_socket_is_bound(zoo, table, backend):
+    if backend.name != "netlink":
+        pytest.skip(
+            f"{backend.name} cannot see bound-only TCP sockets (/proc/net/tcp lists only hashed ones)"
+        )
+    entry = the_one(table, Transport.TCP, zoo.port("bound"), SocketState.BOUND)
+    assert entry.local == Endpoint(ip="127.0.0.1", port=zoo.port("bound"))
+    owned_by_us(entry)
+
+
+def test_state_filters_keep_only_those_states(zoo, backend):
+    port = zoo.port("tcp4")
+    found = socket_table(
+        SocketQuery(states=frozenset({SocketState.LISTEN}), port=port),
+        owners=False,
+        backend=backend,
+    )
+    assert [(e.transport, e.state, e.local.port) for e in found] == [
+        (Transport.TCP, SocketState.LISTEN, port)
+    ]
+
+
+def test_transport_filters_keep_only_that_transport(zoo, backend):
+    found = socket_table(
+        SocketQuery(transports=frozenset({Transport.UDP}), port=zoo.port("udp4")),
+        owners=False,
+        backend=backend,
+    )
+    assert {e.transport for e in found} == {Transport.UDP}
+    assert [e.local.ip for e in found] == ["127.0.0.1"]
+
+
+def test_port_sockets_has_every_state_on_the_port(zoo, backend):
+    port = zoo.port("tcp4")
+    found = port_sockets(port, namespaces=False, backend=backend)
+    assert {e.local.port for e in found} == {port}
+    states = sorted(e.state for e in found)
+    # the listener, the accepted connection, the one in the accept queue
+    assert states == [SocketState.ESTABLISHED, SocketState.ESTABLISHED, SocketState.LISTEN]
+    remotes = {e.remote.port for e in found if e.remote is not None}
+    assert remotes == {zoo.port("client"), zoo.port("pending")}
+
+
+def test_listeners_are_tcp_listen_and_udp_unconnected_sorted(zoo, backend):
+    ours = {
+        zoo.port(name)
+        for name in zoo.sockets
+        if name not in ("client", "server", "pending", "bound")
+    }
+    found = [e for e in listeners(namespaces=False, backend=backend) if e.local.port in ours]
+    assert {e.local.port for e in found} == ours
+    assert all(
+        (e.transport, e.state)
+        in {(Transport.TCP, SocketState.LISTEN), (Transport.UDP, SocketState.UNCONNECTED)}
+        for e in found
+    )
+    keys = [(e.local.port, e.local.ip, e.transport) for e in found]
+    assert keys == sorted(keys)
+
+
+def test_without_owners_nothing_is_looked_up(zoo, backend):
+    found = socket_table(SocketQuery(port=zoo.port("tcp4b")), owners=False, backend=backend)
+    assert len(found) == 1
+    if backend.name == "psutil":
+        assert found[0].owner_status is OwnerStatus.FOUND  # psutil learns owners for free
+    else:
+        assert found[0].owner_status is OwnerStatus.NOT_LOOKED_UP
+        assert found[0].owners == ()
+
+
+def test_a_closed_connection_lingers_in_time_wait_held_by_the_kernel(backend):
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        _ready(listener)
+        server, _ = listener.accept()
+        port = client.getsockname()[1]
+        client.close()  # the active closer ends in TIME_WAIT
+        _ready(server)
+        assert server.recv(1) == b""
+        server.close()
+        deadline = time.monotonic() + 5
+        while True:  # polls the kernel's state, not a guess at how long it takes
+            found = [
+                e
+                for e in socket_table(SocketQuery(port=port), backend=backend)
+                if e.transport is Transport.TCP
+            ]
+            if [e.state for e in found] == [SocketState.TIME_WAIT] or time.monotonic() > deadline:
+                break
+    assert [e.state for e in found] == [SocketState.TIME_WAIT]
+    assert found[0].owner_status is OwnerStatus.KERNEL
+    assert found[0].owners == ()
+
+
+# --- what only some backends know --------------------------------------------------------
+
+
+def test_uid_and_inode(zoo, table, backend):
+    entry = the_one(table, Transport.TCP, zoo.port("tcp4"), SocketState.LISTEN)
+    if backend.name == "psutil":
+        assert (entry.uid, entry.inode) == (None, None)
+    else:
+        assert entry.uid == os.geteuid()
+        assert entry.inode == zoo.inode("tcp4")
+
+
+def test_listener_queues(zoo, table, backend):
+    listener = the_one(table, Transport.TCP, zoo.port("tcp4"), SocketState.LISTEN)
+    client_port = zoo.port("client")
+    [server] = [
+        e
+        for e in find(table, Transport.TCP, zoo.port("tcp4"), state=SocketState.ESTABLISHED)
+        if e.remote and e.remote.port == client_port
+    ]
+    if backend.name == "psutil":
+        assert (listener.recv_queue, listener.send_queue) == (None, None)
+        return
+    assert listener.recv_queue == 1  # the pending connection
+    assert listener.send_queue == (BACKLOG if backend.name == "netlink" else None)
+    assert server.recv_queue == len(UNREAD)
+    assert server.send_queue == 0
+
+
+def test_v6only_is_told_apart_by_netlink(zoo, table, backend):
+    if not zoo.ipv6:
+        pytest.skip("IPv6 is not available here")
+    dual = the_one(table, Transport.TCP, zoo.port("dual"), SocketState.LISTEN)
+    v6only = the_one(table, Transport.TCP, zoo.port("v6only"), SocketState.LISTEN)
+    v4 = the_one(table, Transport.TCP, zoo.port("tcp4"), SocketState.LISTEN)
+    assert v4.v6only is None
+    if backend.name == "netlink":
+        assert (dual.v6only, v6only.v6only) == (False, True)
+    else:
+        assert (dual.v6only, v6only.v6only) == (None, None)
+
+
+def _our_cgroup_inode() -> int | None:
+    from portside.sockets._owners import cgroup2_mount
+
+    mount = cgroup2_mount()
+    if mount is None:
+        return None
+    with open("/proc/self/cgroup") as handle:
+        for line in handle:
+            if line.startswith("0::"):
+                return os.stat(mount[0] + line[3:].rstrip("\n")).st_ino
+    return None
+
+
+def test_cgroup_id_is_the_cgroup_of_the_creator(zoo, table, backend):
+    entry = the_one(table, Transport.TCP, zoo.port("tcp4"), SocketState.LISTEN)
+    if backend.name != "netlink":
+        assert entry.cgroup_id is None
+        return
+    expected = _our_cgroup_inode()
+    if expected is None:
+        pytest.skip("no cgroup v2 hierarchy mounted")
+    assert entry.cgroup_id == expected
+
+
+def test_a_socket_bound_to_a_device_names_it(backend):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
+        except PermissionError:
+            pytest.skip("SO_BINDTODEVICE needs CAP_NET_RAW here")
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        [entry] = socket_table(
+            SocketQuery(port=sock.getsockname()[1]), owners=False, backend=backend
+        )
+    assert entry.interface == ("lo" if backend.name == "netlink" else None)
+
+
+def test_namespaces_label_our_entries_with_the_host_namespace(zoo, backend):
+    found = socket_table(
+        SocketQuery(port=zoo.port("tcp4b")), owners=False, namespaces=True, backend=backend
+    )
+    assert len(found) == 1
+    netns = found[0].netns
+    assert isinstance(netns, NetNamespace)
+    assert netns.is_current
+    assert netns.name == "host"
+    assert netns.inode == os.stat("/proc/self/ns/net").st_ino
+
+
+def test_psutil_cannot_enter_namespaces():
+    from portside.sockets._psutil import PsutilBackend
+
+    namespace = NetNamespace(
+        inode=os.stat("/proc/self/ns/net").st_ino, name="host", is_current=True
+    )
+    with pytest.raises(BackendUnavailableError):
+        PsutilBackend().entries_in_namespace(namespace, os.getpid(), SocketQuery())
