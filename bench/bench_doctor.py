@@ -49,22 +49,45 @@ def main() -> int:
     thread.start()
     commands = {
         "doctor refused": [PORTSIDE, "doctor", f"127.0.0.1:{refused_port}", "--json"],
-        "doctor healthy http": [PORTSIDE, "doctor", f"http://127.0.0.1:{server.server_port}/", "--json"],
+        "doctor healthy http": [
+            PORTSIDE,
+            "doctor",
+            f"http://127.0.0.1:{server.server_port}/",
+            "--json",
+        ],
     }
     try:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "hyperfine.json"
-            args = ["hyperfine", "-N", "-i", "--warmup", "3", "--runs", str(options.runs), "--export-json", str(out), "--style", "basic"]
+            args = [
+                "hyperfine",
+                "-N",
+                "-i",
+                "--warmup",
+                "3",
+                "--runs",
+                str(options.runs),
+                "--export-json",
+                str(out),
+                "--style",
+                "basic",
+            ]
             for name, argv in commands.items():
                 args.extend(["--command-name", name, shlex.join(argv)])
             subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
-            medians = {r["command"]: float(r["median"]) for r in json.loads(out.read_text())["results"]}
+            medians = {
+                r["command"]: float(r["median"]) for r in json.loads(out.read_text())["results"]
+            }
     finally:
         server.shutdown()
         server.server_close()
     goals = {"doctor refused": 0.300, "doctor healthy http": 0.500}
     report = {
-        name: {"median_ms": round(medians[name] * 1000, 1), "goal_ms": goals[name] * 1000, "met": medians[name] <= goals[name]}
+        name: {
+            "median_ms": round(medians[name] * 1000, 1),
+            "goal_ms": goals[name] * 1000,
+            "met": medians[name] <= goals[name],
+        }
         for name in commands
     }
     results = ROOT / "bench" / "results"

@@ -98,7 +98,11 @@ def _nft_rule(rule: Mapping[str, Any], sets: Mapping[tuple[str, str, str], PortM
             payload = left.get("payload") if isinstance(left, dict) else None
             meta = left.get("meta") if isinstance(left, dict) else None
             ct = left.get("ct") if isinstance(left, dict) else None
-            if payload and payload.get("field") == "dport" and payload.get("protocol") in ("tcp", "udp"):
+            if (
+                payload
+                and payload.get("field") == "dport"
+                and payload.get("protocol") in ("tcp", "udp")
+            ):
                 protocol = payload["protocol"]
                 if isinstance(right, str) and right.startswith("@"):
                     dport = sets.get((rule.get("family", ""), rule.get("table", ""), right[1:]))
@@ -147,7 +151,9 @@ def _nft_rule(rule: Mapping[str, Any], sets: Mapping[tuple[str, str, str], PortM
     )
 
 
-def _nft_summary(protocol: str | None, dport: PortMatch | None, iif: str | None, verdict: str, target: str | None) -> str:
+def _nft_summary(
+    protocol: str | None, dport: PortMatch | None, iif: str | None, verdict: str, target: str | None
+) -> str:
     parts = []
     if iif:
         parts.append(f"iifname {iif}")
@@ -179,7 +185,9 @@ def parse_nft_json(text: str) -> list[Chain]:
             if body.get("type") == "inet_service":
                 match = _port_values({"set": body.get("elem", [])})
                 if match is not None:
-                    sets[(body.get("family", ""), body.get("table", ""), body.get("name", ""))] = match
+                    sets[(body.get("family", ""), body.get("table", ""), body.get("name", ""))] = (
+                        match
+                    )
     chains: dict[tuple[str, str, str], dict[str, Any]] = {}
     rules: dict[tuple[str, str, str], list[Rule]] = {}
     for item in items:
@@ -187,12 +195,20 @@ def parse_nft_json(text: str) -> list[Chain]:
             continue
         if "chain" in item and isinstance(item["chain"], dict):
             body = item["chain"]
-            key = (str(body.get("family", "")), str(body.get("table", "")), str(body.get("name", "")))
+            key = (
+                str(body.get("family", "")),
+                str(body.get("table", "")),
+                str(body.get("name", "")),
+            )
             chains[key] = body
             rules.setdefault(key, [])
         elif "rule" in item and isinstance(item["rule"], dict):
             body = item["rule"]
-            key = (str(body.get("family", "")), str(body.get("table", "")), str(body.get("chain", "")))
+            key = (
+                str(body.get("family", "")),
+                str(body.get("table", "")),
+                str(body.get("chain", "")),
+            )
             rules.setdefault(key, []).append(_nft_rule(body, sets))
     result = []
     for key, found in rules.items():
@@ -215,7 +231,13 @@ def parse_nft_json(text: str) -> list[Chain]:
 
 # --- iptables-save ---------------------------------------------------------------------------
 
-_BUILTIN_HOOKS = {"INPUT": "input", "OUTPUT": "output", "FORWARD": "forward", "PREROUTING": "prerouting", "POSTROUTING": "postrouting"}
+_BUILTIN_HOOKS = {
+    "INPUT": "input",
+    "OUTPUT": "output",
+    "FORWARD": "forward",
+    "PREROUTING": "prerouting",
+    "POSTROUTING": "postrouting",
+}
 _IPT_VERDICTS = {"ACCEPT": "accept", "DROP": "drop", "REJECT": "reject", "RETURN": "return"}
 
 
@@ -308,7 +330,7 @@ def parse_iptables_save(text: str, *, source: str = "iptables", family: str = "i
         if line.startswith("*"):
             table = line[1:]
         elif line.startswith(":"):
-            name, policy = (line[1:].split() + ["-"])[:2]
+            name, policy = [*line[1:].split(), "-"][:2]
             policies[(table, name)] = None if policy == "-" else policy.lower()
             rules.setdefault((table, name), [])
         elif line.startswith("-A "):
@@ -317,7 +339,9 @@ def parse_iptables_save(text: str, *, source: str = "iptables", family: str = "i
             except ValueError:
                 words = line.split()
             if len(words) >= 2:
-                rules.setdefault((table, words[1]), []).append(_ipt_rule(words, source, family, table))
+                rules.setdefault((table, words[1]), []).append(
+                    _ipt_rule(words, source, family, table)
+                )
     return [
         Chain(
             source=source,
@@ -333,7 +357,9 @@ def parse_iptables_save(text: str, *, source: str = "iptables", family: str = "i
     ]
 
 
-def rules_for_port(chains: Iterable[Chain], port: int, *, protocol: str = "tcp") -> list[tuple[Chain, Rule]]:
+def rules_for_port(
+    chains: Iterable[Chain], port: int, *, protocol: str = "tcp"
+) -> list[tuple[Chain, Rule]]:
     """Rules with a drop/reject/accept verdict that can apply to ``protocol`` ``port``."""
     found = []
     for chain in chains:

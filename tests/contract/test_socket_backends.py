@@ -12,9 +12,12 @@ import contextlib
 import dataclasses
 import os
 import select
+import shutil
 import socket
+import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -415,3 +418,171 @@ def test_psutil_cannot_enter_namespaces():
     )
     with pytest.raises(BackendUnavailableError):
         PsutilBackend().entries_in_namespace(namespace, os.getpid(), SocketQuery())
+
+
+# --- owners: narrowed scans that stay sound ------------------------------------------------
+
+
+def test_a_socket_in_flight_in_a_unix_message_is_held_by_no_process(backend):
+    """SCM_RIGHTS sent but not received: the socket lives, no fd table has it."""
+    left, right = socket.socketpair()
+    with left, right:
+        listener = socket.create_server(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        socket.send_fds(left, [b"x"], [listener.fileno()])
+        listener.close()
+        [entry] = socket_table(SocketQuery(port=port), backend=backend)
+    assert entry.state is SocketState.LISTEN
+    assert entry.owner_status is OwnerStatus.NOT_VISIBLE
+    assert entry.owners == ()
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+NOBODY = 65534
+
+#: Run as another user: make a listener, print "PID PORT INODE", then either keep it
+#: ("keep") or hand it to the parent over the inherited unix socket (fd in argv[2]) and
+#: close it.
+OTHER_USER = r"""
+import os, socket, sys
+s = socket.create_server(("127.0.0.1", 0))
+if sys.argv[1] == "give":
+    socket.send_fds(socket.socket(fileno=int(sys.argv[2])), [b"x"], [s.fileno()])
+    info = f"{os.getpid()} {s.getsockname()[1]} {os.fstat(s.fileno()).st_ino}"
+    s.close()
+else:
+    info = f"{os.getpid()} {s.getsockname()[1]} {os.fstat(s.fileno()).st_ino}"
+print(info, flush=True)
+sys.stdin.read()
+"""
+
+
+def _as_nobody(
+    mode: str, pass_fd: int | None = None
+) -> tuple[subprocess.Popen[str], int, int, int]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a process as another user")
+    if not os.access(SYSTEM_PYTHON, os.X_OK) or shutil.which("setpriv") is None:
+        pytest.skip("needs /usr/bin/python3 and setpriv to run a child as nobody")
+    argv = [
+        "setpriv",
+        f"--reuid={NOBODY}",
+        f"--regid={NOBODY}",
+        "--clear-groups",
+        SYSTEM_PYTHON,
+        "-c",
+        OTHER_USER,
+        mode,
+        str(pass_fd),
+    ]
+    child = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        pass_fds=() if pass_fd is None else (pass_fd,),
+        cwd="/",
+    )
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    assert line, "the child did not start"
+    pid, port, inode = (int(word) for word in line.split())
+    return child, pid, port, inode
+
+
+def _stop(child: subprocess.Popen[str]) -> None:
+    assert child.stdin is not None
+    assert child.stdout is not None
+    child.stdin.close()
+    child.wait(timeout=10)
+    child.stdout.close()
+
+
+@pytest.mark.root
+def test_another_users_socket_is_found_reading_only_that_users_processes():
+    from portside.sockets._owners import scan_holders
+
+    child, pid, port, inode = _as_nobody("keep")
+    try:
+        scan = scan_holders({inode: (NOBODY, None)})
+        assert scan.holders == {inode: (pid,)}
+        others = sum(
+            1 for name in os.listdir("/proc") if name.isdigit() and _uid_of(name) == NOBODY
+        )
+        assert scan.processes_read <= others + 2  # + processes that came and went
+        assert scan.processes_read < scan.processes_seen
+        [entry] = socket_table(SocketQuery(port=port))
+        assert entry.uid == NOBODY
+        assert [o.process.pid for o in entry.owners] == [pid]
+    finally:
+        _stop(child)
+
+
+def _uid_of(pid: str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+@pytest.mark.root
+def test_a_socket_passed_to_another_user_is_still_found():
+    """Narrowing by uid is a search order: the holder outside it is found in phase 2."""
+    from portside.sockets._owners import scan_holders
+
+    ours, theirs = socket.socketpair()
+    with ours:
+        child, _pid, port, inode = _as_nobody("give", pass_fd=theirs.fileno())
+        theirs.close()
+        try:
+            _msg, fds, _flags, _addr = socket.recv_fds(ours, 16, 1)
+            with socket.socket(fileno=fds[0]) as received:
+                assert os.fstat(received.fileno()).st_ino == inode
+                scan = scan_holders({inode: (NOBODY, None)})
+                assert scan.holders == {inode: (os.getpid(),)}
+                [entry] = socket_table(SocketQuery(port=port))
+                assert entry.uid == NOBODY
+                assert entry.owner_status is OwnerStatus.FOUND
+                assert [o.process.pid for o in entry.owners] == [os.getpid()]
+        finally:
+            _stop(child)
+
+
+@pytest.mark.root
+def test_a_socket_of_a_child_cgroup_is_found_reading_only_that_cgroup():
+    from portside.sockets._owners import cgroup2_mount, scan_holders
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a cgroup")
+    mount = cgroup2_mount()
+    if mount is None:
+        pytest.skip("no cgroup v2 hierarchy mounted")
+    path = f"{mount[0]}/ps-test-{uuid.uuid4().hex[:10]}"
+    os.mkdir(path)
+    script = (
+        "import os, socket, sys\n"
+        "sys.stdin.readline()\n"  # wait until moved into the cgroup
+        "s = socket.create_server(('127.0.0.1', 0))\n"
+        "print(os.getpid(), s.getsockname()[1], os.fstat(s.fileno()).st_ino, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdin is not None
+        assert child.stdout is not None
+        with open(f"{path}/cgroup.procs", "w") as procs:
+            procs.write(str(child.pid))
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        pid, port, inode = (int(word) for word in child.stdout.readline().split())
+        [entry] = socket_table(SocketQuery(port=port), owners=False)
+        assert entry.cgroup_id == os.stat(path).st_ino
+        scan = scan_holders({inode: (entry.uid, entry.cgroup_id)})
+        assert scan.holders == {inode: (pid,)}
+        assert scan.processes_read <= 3  # the child (+ processes that came and went)
+        assert scan.processes_read < scan.processes_seen
+    finally:
+        _stop(child)
+        os.rmdir(path)

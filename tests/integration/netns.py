@@ -15,6 +15,7 @@ import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,17 +74,37 @@ class Namespace:
     def ip(self, *args: str) -> None:
         subprocess.run(["ip", "-n", self.name, *args], check=True)
 
-    def run(self, argv: Sequence[str], *, check: bool = True, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True, text=True, check=check, env=env, timeout=timeout)
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", self.name, *argv],
+            capture_output=True,
+            text=True,
+            check=check,
+            env=env,
+            timeout=timeout,
+        )
 
     def start(self, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[str]:
         proc: subprocess.Popen[str] = subprocess.Popen(  # type: ignore[call-overload]
-            ["ip", "netns", "exec", self.name, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **kwargs
+            ["ip", "netns", "exec", self.name, *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            **kwargs,
         )
         self._procs.append(proc)
         return proc
 
-    def server(self, host: str, port: int = 0, mode: str = "http", *options: str) -> tuple[subprocess.Popen[str], int]:
+    def server(
+        self, host: str, port: int = 0, mode: str = "http", *options: str
+    ) -> tuple[subprocess.Popen[str], int]:
         """Start the test server inside the namespace; returns (process, port) once it listens."""
         proc = self.start([PYTHON, "-c", SERVER, host, str(port), mode, *options])
         assert proc.stdout is not None
@@ -92,18 +113,32 @@ class Namespace:
             raise RuntimeError(f"test server on {host}:{port} did not start")
         return proc, int(line)
 
-    def portside(self, *args: str, env: dict[str, str] | None = None, mount_hosts: Path | None = None) -> tuple[int, dict[str, object]]:
+    def portside(
+        self, *args: str, env: dict[str, str] | None = None, mount_hosts: Path | None = None
+    ) -> tuple[int, Any]:
         """Run ``portside ARGS --json`` inside the namespace; (exit code, document)."""
         command = [PYTHON, "-m", "portside", *args, "--json"]
         if mount_hosts is not None:
             # A private mount namespace: /etc/hosts is replaced for this process only.
-            script = f"mount --bind {mount_hosts} /etc/hosts && exec \"$@\""
-            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *command]
+            script = f'mount --bind {mount_hosts} /etc/hosts && exec "$@"'
+            command = [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+                "sh",
+                *command,
+            ]
         done = self.run(command, check=False, env={**os.environ, **(env or {})})
         try:
             document = json.loads(done.stdout)
         except json.JSONDecodeError as exc:
-            raise AssertionError(f"portside printed no JSON (exit {done.returncode}): {done.stdout!r} {done.stderr!r}") from exc
+            raise AssertionError(
+                f"portside printed no JSON (exit {done.returncode}): {done.stdout!r} {done.stderr!r}"
+            ) from exc
         return done.returncode, document
 
     def close(self) -> None:

@@ -35,21 +35,53 @@ from portside.models import (
 from portside.ports import KernelPortSettings
 
 PORT = 62893
-KERNEL = KernelPortSettings(ephemeral_range=(32768, 60999), reserved_ports=frozenset(), unprivileged_port_start=1024)
-HEALTHY_LO = LoopbackFacts(lo_up=True, has_ipv4=True, has_ipv6=True, ipv6_disabled=False, local_route=True, bindv6only=False)
+KERNEL = KernelPortSettings(
+    ephemeral_range=(32768, 60999), reserved_ports=frozenset(), unprivileged_port_start=1024
+)
+HEALTHY_LO = LoopbackFacts(
+    lo_up=True,
+    has_ipv4=True,
+    has_ipv6=True,
+    ipv6_disabled=False,
+    local_route=True,
+    bindv6only=False,
+)
 OTHER_NS = NetNamespace(inode=2, name="ps-test", is_current=False)
 
 
 def process(name="server", pid=100, state=ProcessState.SLEEPING, cmdline=None):
-    return ProcessInfo(pid=pid, ppid=1, name=name, cmdline=cmdline or (name,), user="u", uid=1000, cwd="/srv", start_time=0.0, state=state)
+    return ProcessInfo(
+        pid=pid,
+        ppid=1,
+        name=name,
+        cmdline=cmdline or (name,),
+        user="u",
+        uid=1000,
+        cwd="/srv",
+        start_time=0.0,
+        state=state,
+    )
 
 
-def owner(name="server", pid=100, state=ProcessState.SLEEPING, kind=None, target=None, cmdline=None):
+def owner(
+    name="server", pid=100, state=ProcessState.SLEEPING, kind=None, target=None, cmdline=None
+):
     identity = Identity(kind=kind, label=f"{kind} thing", target=target) if kind else None
     return Owner(process=process(name, pid, state, cmdline), identity=identity)
 
 
-def sock(ip="127.0.0.1", port=PORT, state=SocketState.LISTEN, transport=Transport.TCP, owners=(), v6only=None, rq=0, wq=128, netns=None, remote=None):
+def sock(
+    ip="127.0.0.1",
+    port=PORT,
+    state=SocketState.LISTEN,
+    transport=Transport.TCP,
+    owners=(),
+    v6only=None,
+    rq=0,
+    wq=128,
+    netns=None,
+    remote=None,
+):
     family = Family.IPV6 if ":" in ip and not ip.startswith("::ffff:") else Family.IPV4
     return SocketEntry(
         transport=transport,
@@ -69,7 +101,15 @@ def sock(ip="127.0.0.1", port=PORT, state=SocketState.LISTEN, transport=Transpor
     )
 
 
-def attempt(ip="127.0.0.1", outcome=Outcome.REFUSED, after=AfterConnect.NOT_TRIED, protocol=None, detail=None, errno_name=None, status=None):
+def attempt(
+    ip="127.0.0.1",
+    outcome=Outcome.REFUSED,
+    after=AfterConnect.NOT_TRIED,
+    protocol=None,
+    detail=None,
+    errno_name=None,
+    status=None,
+):
     return Attempt(
         ip=ip,
         family="ipv6" if ":" in ip else "ipv4",
@@ -83,7 +123,16 @@ def attempt(ip="127.0.0.1", outcome=Outcome.REFUSED, after=AfterConnect.NOT_TRIE
     )
 
 
-def facts(target=f"127.0.0.1:{PORT}", sockets=(), attempts=(), loopback=HEALTHY_LO, firewall=None, proxy=None, resolution=None, kernel=KERNEL):
+def facts(
+    target=f"127.0.0.1:{PORT}",
+    sockets=(),
+    attempts=(),
+    loopback=HEALTHY_LO,
+    firewall=None,
+    proxy=None,
+    resolution=None,
+    kernel=KERNEL,
+):
     return Facts(
         target=None if target is None else parse_target(target),
         resolution=resolution,
@@ -100,90 +149,235 @@ def verdict(f):
     return diagnose(f).verdict.code
 
 
-CONNECTED = attempt(outcome=Outcome.CONNECTED, after=AfterConnect.ANSWERED, protocol="http", detail="HTTP/1.0 200 OK", status=200)
+CONNECTED = attempt(
+    outcome=Outcome.CONNECTED,
+    after=AfterConnect.ANSWERED,
+    protocol="http",
+    detail="HTTP/1.0 200 OK",
+    status=200,
+)
 
 CASES = [
     ("nothing listening", facts(attempts=[attempt()]), "FM-01"),
-    ("other loopback address", facts(sockets=[sock("127.0.0.2", owners=[owner()])], attempts=[attempt()]), "FM-02"),
-    ("ipv6-only listener asked over ipv4", facts(sockets=[sock("::1", owners=[owner()])], attempts=[attempt()]), "FM-03"),
-    ("v6only wildcard asked over ipv4", facts(sockets=[sock("::", v6only=True, owners=[owner()])], attempts=[attempt()]), "FM-03"),
-    ("ipv4 listener asked over ipv6", facts(target=f"[::1]:{PORT}", sockets=[sock("127.0.0.1", owners=[owner()])], attempts=[attempt("::1")]), "FM-03"),
-    ("listener in another namespace", facts(sockets=[sock(netns=OTHER_NS, owners=[owner()])], attempts=[attempt()]), "FM-29"),
-    ("bound, not listening", facts(sockets=[sock(state=SocketState.BOUND, owners=[owner()])], attempts=[attempt()]), "FM-10"),
-    ("refused with a matching listener", facts(sockets=[sock(owners=[owner()])], attempts=[attempt()]), "FM-26"),
-    ("timeout with a healthy listener", facts(sockets=[sock(owners=[owner()])], attempts=[attempt(outcome=Outcome.TIMEOUT)]), "FM-26"),
+    (
+        "other loopback address",
+        facts(sockets=[sock("127.0.0.2", owners=[owner()])], attempts=[attempt()]),
+        "FM-02",
+    ),
+    (
+        "ipv6-only listener asked over ipv4",
+        facts(sockets=[sock("::1", owners=[owner()])], attempts=[attempt()]),
+        "FM-03",
+    ),
+    (
+        "v6only wildcard asked over ipv4",
+        facts(sockets=[sock("::", v6only=True, owners=[owner()])], attempts=[attempt()]),
+        "FM-03",
+    ),
+    (
+        "ipv4 listener asked over ipv6",
+        facts(
+            target=f"[::1]:{PORT}",
+            sockets=[sock("127.0.0.1", owners=[owner()])],
+            attempts=[attempt("::1")],
+        ),
+        "FM-03",
+    ),
+    (
+        "listener in another namespace",
+        facts(sockets=[sock(netns=OTHER_NS, owners=[owner()])], attempts=[attempt()]),
+        "FM-29",
+    ),
+    (
+        "bound, not listening",
+        facts(sockets=[sock(state=SocketState.BOUND, owners=[owner()])], attempts=[attempt()]),
+        "FM-10",
+    ),
+    (
+        "refused with a matching listener",
+        facts(sockets=[sock(owners=[owner()])], attempts=[attempt()]),
+        "FM-26",
+    ),
+    (
+        "timeout with a healthy listener",
+        facts(sockets=[sock(owners=[owner()])], attempts=[attempt(outcome=Outcome.TIMEOUT)]),
+        "FM-26",
+    ),
     ("timeout without a listener", facts(attempts=[attempt(outcome=Outcome.TIMEOUT)]), "FM-26"),
-    ("timeout with a full accept queue", facts(sockets=[sock(rq=129, wq=128, owners=[owner()])], attempts=[attempt(outcome=Outcome.TIMEOUT)]), "FM-17"),
+    (
+        "timeout with a full accept queue",
+        facts(
+            sockets=[sock(rq=129, wq=128, owners=[owner()])],
+            attempts=[attempt(outcome=Outcome.TIMEOUT)],
+        ),
+        "FM-17",
+    ),
     (
         "stopped owner, connect works",
-        facts(target=f"http://127.0.0.1:{PORT}/", sockets=[sock(rq=3, owners=[owner(state=ProcessState.STOPPED)])], attempts=[attempt(outcome=Outcome.CONNECTED, after=AfterConnect.SILENT)]),
+        facts(
+            target=f"http://127.0.0.1:{PORT}/",
+            sockets=[sock(rq=3, owners=[owner(state=ProcessState.STOPPED)])],
+            attempts=[attempt(outcome=Outcome.CONNECTED, after=AfterConnect.SILENT)],
+        ),
         "FM-18",
     ),
     (
         "stopped owner, queue full",
-        facts(sockets=[sock(rq=129, owners=[owner(state=ProcessState.STOPPED)])], attempts=[attempt(outcome=Outcome.TIMEOUT)]),
+        facts(
+            sockets=[sock(rq=129, owners=[owner(state=ProcessState.STOPPED)])],
+            attempts=[attempt(outcome=Outcome.TIMEOUT)],
+        ),
         "FM-18",
     ),
     (
         "hung server",
-        facts(target=f"http://127.0.0.1:{PORT}/", sockets=[sock(owners=[owner()])], attempts=[attempt(outcome=Outcome.CONNECTED, after=AfterConnect.SILENT)]),
+        facts(
+            target=f"http://127.0.0.1:{PORT}/",
+            sockets=[sock(owners=[owner()])],
+            attempts=[attempt(outcome=Outcome.CONNECTED, after=AfterConnect.SILENT)],
+        ),
         "FM-19",
     ),
     (
         "inherited socket",
-        facts(target=f"http://127.0.0.1:{PORT}/", sockets=[sock(owners=[owner("sleep")])], attempts=[attempt(outcome=Outcome.CONNECTED, after=AfterConnect.SILENT)]),
+        facts(
+            target=f"http://127.0.0.1:{PORT}/",
+            sockets=[sock(owners=[owner("sleep")])],
+            attempts=[attempt(outcome=Outcome.CONNECTED, after=AfterConnect.SILENT)],
+        ),
         "FM-20",
     ),
     (
         "http to a tls server",
-        facts(target=f"http://127.0.0.1:{PORT}/", sockets=[sock(owners=[owner()])], attempts=[attempt(outcome=Outcome.CONNECTED, after=AfterConnect.CLOSED, protocol="tls")]),
+        facts(
+            target=f"http://127.0.0.1:{PORT}/",
+            sockets=[sock(owners=[owner()])],
+            attempts=[
+                attempt(outcome=Outcome.CONNECTED, after=AfterConnect.CLOSED, protocol="tls")
+            ],
+        ),
         "FM-22",
     ),
     (
         "https to a plain server",
-        facts(target=f"https://127.0.0.1:{PORT}/", sockets=[sock(owners=[owner()])], attempts=[attempt(outcome=Outcome.CONNECTED, after=AfterConnect.ANSWERED, protocol="http")]),
+        facts(
+            target=f"https://127.0.0.1:{PORT}/",
+            sockets=[sock(owners=[owner()])],
+            attempts=[
+                attempt(outcome=Outcome.CONNECTED, after=AfterConnect.ANSWERED, protocol="http")
+            ],
+        ),
         "FM-22",
     ),
     (
         "h2c only",
-        facts(target=f"http://127.0.0.1:{PORT}/", attempts=[attempt(outcome=Outcome.CONNECTED, after=AfterConnect.ANSWERED, protocol="h2c")]),
+        facts(
+            target=f"http://127.0.0.1:{PORT}/",
+            attempts=[
+                attempt(outcome=Outcome.CONNECTED, after=AfterConnect.ANSWERED, protocol="h2c")
+            ],
+        ),
         "FM-23",
     ),
     (
         "redis where http was expected",
-        facts(target=f"http://127.0.0.1:{PORT}/", attempts=[attempt(outcome=Outcome.CONNECTED, after=AfterConnect.ANSWERED, protocol="redis")]),
+        facts(
+            target=f"http://127.0.0.1:{PORT}/",
+            attempts=[
+                attempt(outcome=Outcome.CONNECTED, after=AfterConnect.ANSWERED, protocol="redis")
+            ],
+        ),
         "FM-24",
     ),
     (
         "tcpwrapped",
-        facts(target=f"http://127.0.0.1:{PORT}/", sockets=[sock(owners=[owner()])], attempts=[attempt(outcome=Outcome.CONNECTED, after=AfterConnect.CLOSED)]),
+        facts(
+            target=f"http://127.0.0.1:{PORT}/",
+            sockets=[sock(owners=[owner()])],
+            attempts=[attempt(outcome=Outcome.CONNECTED, after=AfterConnect.CLOSED)],
+        ),
         "FM-25",
     ),
     (
         "ssh -L with a dead target",
-        facts(sockets=[sock(owners=[owner("ssh", kind="ssh-local-forward", target="127.0.0.1:80")])], attempts=[attempt(outcome=Outcome.CONNECTED, after=AfterConnect.CLOSED)]),
+        facts(
+            sockets=[sock(owners=[owner("ssh", kind="ssh-local-forward", target="127.0.0.1:80")])],
+            attempts=[attempt(outcome=Outcome.CONNECTED, after=AfterConnect.CLOSED)],
+        ),
         "FM-33",
     ),
     (
         "docker-proxy with a dead container",
-        facts(sockets=[sock("0.0.0.0", owners=[owner("docker-proxy", kind="docker-proxy", target="172.17.0.2:80")])], attempts=[attempt(outcome=Outcome.CONNECTED, after=AfterConnect.CLOSED)]),
+        facts(
+            sockets=[
+                sock(
+                    "0.0.0.0",
+                    owners=[owner("docker-proxy", kind="docker-proxy", target="172.17.0.2:80")],
+                )
+            ],
+            attempts=[attempt(outcome=Outcome.CONNECTED, after=AfterConnect.CLOSED)],
+        ),
         "FM-30",
     ),
     (
         "qemu hostfwd with no guest",
-        facts(sockets=[sock(owners=[owner("qemu-system-x86", kind="qemu-hostfwd", target="guest:22")])], attempts=[attempt(outcome=Outcome.CONNECTED, after=AfterConnect.CLOSED)]),
+        facts(
+            sockets=[
+                sock(owners=[owner("qemu-system-x86", kind="qemu-hostfwd", target="guest:22")])
+            ],
+            attempts=[attempt(outcome=Outcome.CONNECTED, after=AfterConnect.CLOSED)],
+        ),
         "FM-32",
     ),
-    ("loopback down", facts(loopback=dataclasses.replace(HEALTHY_LO, lo_up=False), attempts=[attempt(outcome=Outcome.NET_UNREACHABLE, errno_name="ENETUNREACH")]), "FM-28"),
+    (
+        "loopback down",
+        facts(
+            loopback=dataclasses.replace(HEALTHY_LO, lo_up=False),
+            attempts=[attempt(outcome=Outcome.NET_UNREACHABLE, errno_name="ENETUNREACH")],
+        ),
+        "FM-28",
+    ),
     (
         "ipv6 disabled on lo",
-        facts(target=f"[::1]:{PORT}", loopback=dataclasses.replace(HEALTHY_LO, ipv6_disabled=True, has_ipv6=False), attempts=[attempt("::1", outcome=Outcome.ADDRESS_UNAVAILABLE, errno_name="EADDRNOTAVAIL")]),
+        facts(
+            target=f"[::1]:{PORT}",
+            loopback=dataclasses.replace(HEALTHY_LO, ipv6_disabled=True, has_ipv6=False),
+            attempts=[
+                attempt("::1", outcome=Outcome.ADDRESS_UNAVAILABLE, errno_name="EADDRNOTAVAIL")
+            ],
+        ),
         "FM-08",
     ),
-    ("icmp admin-prohibited", facts(sockets=[sock(owners=[owner()])], attempts=[attempt(outcome=Outcome.HOST_UNREACHABLE, errno_name="EHOSTUNREACH")]), "FM-26"),
-    ("eperm without a reject rule", facts(attempts=[attempt(outcome=Outcome.PERMISSION, errno_name="EPERM")]), "FM-27"),
-    ("healthy http", facts(target=f"http://127.0.0.1:{PORT}/", sockets=[sock(owners=[owner()])], attempts=[CONNECTED]), "OK"),
-    ("healthy tcp, silent banner", facts(sockets=[sock(owners=[owner()])], attempts=[attempt(outcome=Outcome.CONNECTED, after=AfterConnect.SILENT)]), "OK"),
+    (
+        "icmp admin-prohibited",
+        facts(
+            sockets=[sock(owners=[owner()])],
+            attempts=[attempt(outcome=Outcome.HOST_UNREACHABLE, errno_name="EHOSTUNREACH")],
+        ),
+        "FM-26",
+    ),
+    (
+        "eperm without a reject rule",
+        facts(attempts=[attempt(outcome=Outcome.PERMISSION, errno_name="EPERM")]),
+        "FM-27",
+    ),
+    (
+        "healthy http",
+        facts(
+            target=f"http://127.0.0.1:{PORT}/",
+            sockets=[sock(owners=[owner()])],
+            attempts=[CONNECTED],
+        ),
+        "OK",
+    ),
+    (
+        "healthy tcp, silent banner",
+        facts(
+            sockets=[sock(owners=[owner()])],
+            attempts=[attempt(outcome=Outcome.CONNECTED, after=AfterConnect.SILENT)],
+        ),
+        "OK",
+    ),
 ]
 
 
@@ -197,7 +391,9 @@ def test_each_situation_gets_its_catalogue_verdict(name, observed, code):
 
 
 def test_the_verdict_names_the_holder_and_its_address():
-    result = diagnose(facts(sockets=[sock("127.0.0.2", owners=[owner("vite", 4242)])], attempts=[attempt()]))
+    result = diagnose(
+        facts(sockets=[sock("127.0.0.2", owners=[owner("vite", 4242)])], attempts=[attempt()])
+    )
     text = " ".join(result.verdict.evidence)
     assert "127.0.0.2" in text
     assert "vite[4242]" in text
@@ -205,7 +401,10 @@ def test_the_verdict_names_the_holder_and_its_address():
 
 
 def test_the_stopped_owner_fix_is_the_exact_command():
-    observed = facts(sockets=[sock(rq=129, owners=[owner(pid=777, state=ProcessState.STOPPED)])], attempts=[attempt(outcome=Outcome.TIMEOUT)])
+    observed = facts(
+        sockets=[sock(rq=129, owners=[owner(pid=777, state=ProcessState.STOPPED)])],
+        attempts=[attempt(outcome=Outcome.TIMEOUT)],
+    )
     assert diagnose(observed).verdict.fix[0] == "kill -CONT 777"
 
 
@@ -237,14 +436,23 @@ def test_a_server_that_bound_localhost_is_fm05():
     observed = facts(
         target=f"localhost:{PORT}",
         resolution=LOCALHOST,
-        sockets=[sock("::1", owners=[owner("node", cmdline=("node", "server.js", "--host", "localhost"))])],
-        attempts=[attempt("::1", outcome=Outcome.CONNECTED, after=AfterConnect.SILENT), attempt("127.0.0.1")],
+        sockets=[
+            sock(
+                "::1", owners=[owner("node", cmdline=("node", "server.js", "--host", "localhost"))]
+            )
+        ],
+        attempts=[
+            attempt("::1", outcome=Outcome.CONNECTED, after=AfterConnect.SILENT),
+            attempt("127.0.0.1"),
+        ],
     )
     assert verdict(observed) == "FM-05"
 
 
 def test_a_name_that_does_not_resolve_is_fm07():
-    broken = dataclasses.replace(LOCALHOST, name="app.localhost", glibc=(), glibc_error="Name or service not known (EAI -2)")
+    broken = dataclasses.replace(
+        LOCALHOST, name="app.localhost", glibc=(), glibc_error="Name or service not known (EAI -2)"
+    )
     result = diagnose(facts(target=f"app.localhost:{PORT}", resolution=broken, attempts=[]))
     assert result.verdict.code == "FM-07"
     assert any("curl and browsers" in line for line in result.verdict.evidence)
@@ -261,7 +469,14 @@ def test_a_name_that_does_not_resolve_is_fm07():
     ],
 )
 def test_proxy_variables_are_reported_when_they_would_catch_the_target(env, reported):
-    result = diagnose(facts(target=f"http://127.0.0.1:{PORT}/", sockets=[sock(owners=[owner()])], attempts=[CONNECTED], proxy=env))
+    result = diagnose(
+        facts(
+            target=f"http://127.0.0.1:{PORT}/",
+            sockets=[sock(owners=[owner()])],
+            attempts=[CONNECTED],
+            proxy=env,
+        )
+    )
     assert result.verdict.code == "OK"
     assert ("FM-35" in [f.code for f in result.findings]) is reported
 
@@ -279,9 +494,14 @@ def test_secondary_findings_for_ports_and_exposure():
 
 
 def test_reuseport_groups_and_two_servers_on_one_port():
-    group = facts(sockets=[sock(owners=[owner(pid=1)]), sock(owners=[owner(pid=2)])], attempts=[CONNECTED])
+    group = facts(
+        sockets=[sock(owners=[owner(pid=1)]), sock(owners=[owner(pid=2)])], attempts=[CONNECTED]
+    )
     assert "FM-12" in [f.code for f in diagnose(group).findings]
-    two = facts(sockets=[sock("127.0.0.1", owners=[owner(pid=1)]), sock("::1", owners=[owner(pid=2)])], attempts=[CONNECTED])
+    two = facts(
+        sockets=[sock("127.0.0.1", owners=[owner(pid=1)]), sock("::1", owners=[owner(pid=2)])],
+        attempts=[CONNECTED],
+    )
     assert "FM-06" in [f.code for f in diagnose(two).findings]
 
 
@@ -293,8 +513,19 @@ def test_time_wait_after_a_stop_is_reported():
 
 
 def test_firewall_rules_appear_in_the_evidence():
-    rule = FirewallRule(source="nft", family="inet", chain="t/input", verdict=RuleVerdict.REJECT, ports=(PORT,), text="lt-reject")
-    observed = facts(sockets=[sock(owners=[owner()])], attempts=[attempt()], firewall=FirewallFacts(looked=True, rules=(rule,)))
+    rule = FirewallRule(
+        source="nft",
+        family="inet",
+        chain="t/input",
+        verdict=RuleVerdict.REJECT,
+        ports=(PORT,),
+        text="lt-reject",
+    )
+    observed = facts(
+        sockets=[sock(owners=[owner()])],
+        attempts=[attempt()],
+        firewall=FirewallFacts(looked=True, rules=(rule,)),
+    )
     assert any("lt-reject" in line for line in diagnose(observed).verdict.evidence)
 
 
@@ -302,9 +533,15 @@ def test_the_machine_check_is_ok_on_a_healthy_machine_and_flags_a_down_loopback(
     healthy = diagnose(facts(target=None, resolution=LOCALHOST))
     assert healthy.verdict.code == "OK"
     assert {f.code for f in healthy.findings} >= {"FM-04", "FM-14", "FM-13"}
-    down = diagnose(facts(target=None, resolution=LOCALHOST, loopback=dataclasses.replace(HEALTHY_LO, lo_up=False)))
+    down = diagnose(
+        facts(
+            target=None, resolution=LOCALHOST, loopback=dataclasses.replace(HEALTHY_LO, lo_up=False)
+        )
+    )
     assert down.verdict.code == "FM-28"
-    no_hosts = diagnose(facts(target=None, resolution=dataclasses.replace(LOCALHOST, hosts_entries=())))
+    no_hosts = diagnose(
+        facts(target=None, resolution=dataclasses.replace(LOCALHOST, hosts_entries=()))
+    )
     assert no_hosts.verdict.code == "FM-07"
 
 

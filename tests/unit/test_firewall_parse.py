@@ -8,12 +8,66 @@ from portside.firewall import PortMatch, parse_iptables_save, parse_nft_json, ru
 
 NFT = {
     "nftables": [
-        {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
+        {
+            "metainfo": {
+                "version": "1.0.6",
+                "release_name": "Lester Gooch #5",
+                "json_schema_version": 1,
+            }
+        },
         {"table": {"family": "inet", "name": "lt_test", "handle": 1}},
-        {"chain": {"family": "inet", "table": "lt_test", "name": "input", "handle": 1, "type": "filter", "hook": "input", "prio": 0, "policy": "drop"}},
-        {"set": {"family": "inet", "name": "web", "table": "lt_test", "type": "inet_service", "handle": 4, "elem": [80, 443, {"range": [8000, 8099]}]}},
-        {"rule": {"family": "inet", "table": "lt_test", "chain": "input", "handle": 2, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iif"}}, "right": "lo"}}, {"accept": None}]}},
-        {"rule": {"family": "inet", "table": "lt_test", "chain": "input", "handle": 3, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": None}]}},
+        {
+            "chain": {
+                "family": "inet",
+                "table": "lt_test",
+                "name": "input",
+                "handle": 1,
+                "type": "filter",
+                "hook": "input",
+                "prio": 0,
+                "policy": "drop",
+            }
+        },
+        {
+            "set": {
+                "family": "inet",
+                "name": "web",
+                "table": "lt_test",
+                "type": "inet_service",
+                "handle": 4,
+                "elem": [80, 443, {"range": [8000, 8099]}],
+            }
+        },
+        {
+            "rule": {
+                "family": "inet",
+                "table": "lt_test",
+                "chain": "input",
+                "handle": 2,
+                "expr": [
+                    {"match": {"op": "==", "left": {"meta": {"key": "iif"}}, "right": "lo"}},
+                    {"accept": None},
+                ],
+            }
+        },
+        {
+            "rule": {
+                "family": "inet",
+                "table": "lt_test",
+                "chain": "input",
+                "handle": 3,
+                "expr": [
+                    {
+                        "match": {
+                            "op": "in",
+                            "left": {"ct": {"key": "state"}},
+                            "right": ["established", "related"],
+                        }
+                    },
+                    {"accept": None},
+                ],
+            }
+        },
         {
             "rule": {
                 "family": "inet",
@@ -22,15 +76,72 @@ NFT = {
                 "handle": 5,
                 "comment": "lt-reject",
                 "expr": [
-                    {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 62893}},
+                    {
+                        "match": {
+                            "op": "==",
+                            "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                            "right": 62893,
+                        }
+                    },
                     {"counter": {"packets": 1, "bytes": 60}},
                     {"reject": {"type": "tcp reset"}},
                 ],
             }
         },
-        {"rule": {"family": "inet", "table": "lt_test", "chain": "input", "handle": 6, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": "@web"}}, {"drop": None}]}},
-        {"rule": {"family": "inet", "table": "lt_test", "chain": "input", "handle": 7, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": {"set": [22, {"range": [60000, 60010]}]}}}, {"jump": {"target": "ssh_rules"}}]}},
-        {"rule": {"family": "inet", "table": "lt_test", "chain": "input", "handle": 8, "expr": [{"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}}, {"drop": None}]}},
+        {
+            "rule": {
+                "family": "inet",
+                "table": "lt_test",
+                "chain": "input",
+                "handle": 6,
+                "expr": [
+                    {
+                        "match": {
+                            "op": "==",
+                            "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                            "right": "@web",
+                        }
+                    },
+                    {"drop": None},
+                ],
+            }
+        },
+        {
+            "rule": {
+                "family": "inet",
+                "table": "lt_test",
+                "chain": "input",
+                "handle": 7,
+                "expr": [
+                    {
+                        "match": {
+                            "op": "==",
+                            "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                            "right": {"set": [22, {"range": [60000, 60010]}]},
+                        }
+                    },
+                    {"jump": {"target": "ssh_rules"}},
+                ],
+            }
+        },
+        {
+            "rule": {
+                "family": "inet",
+                "table": "lt_test",
+                "chain": "input",
+                "handle": 8,
+                "expr": [
+                    {
+                        "match": {
+                            "op": "==",
+                            "left": {"fib": {"result": "type", "flags": ["daddr"]}},
+                            "right": "local",
+                        }
+                    },
+                    {"drop": None},
+                ],
+            }
+        },
     ]
 }
 
@@ -38,8 +149,22 @@ NFT = {
 def test_nft_chains_keep_hook_priority_and_policy():
     chains = parse_nft_json(json.dumps(NFT))
     [chain] = chains
-    assert (chain.family, chain.table, chain.name, chain.hook, chain.priority, chain.policy) == ("inet", "lt_test", "input", "input", 0, "drop")
-    assert [r.verdict for r in chain.rules] == ["accept", "accept", "reject", "drop", "jump", "drop"]
+    assert (chain.family, chain.table, chain.name, chain.hook, chain.priority, chain.policy) == (
+        "inet",
+        "lt_test",
+        "input",
+        "input",
+        0,
+        "drop",
+    )
+    assert [r.verdict for r in chain.rules] == [
+        "accept",
+        "accept",
+        "reject",
+        "drop",
+        "jump",
+        "drop",
+    ]
 
 
 def test_nft_rules_are_understood_or_marked_unknown():
@@ -63,7 +188,9 @@ def test_rules_for_a_port():
     verdicts = [(rule.verdict, rule.text) for _, rule in rules_for_port(chains, 62893)]
     assert ("reject", "lt-reject") in verdicts
     assert all(v != "drop" or "fib" not in t for v, t in verdicts)
-    assert ("drop", "tcp dport {80, 443, 8000-8099} drop") in [(r.verdict, r.text) for _, r in rules_for_port(chains, 80)]
+    assert ("drop", "tcp dport {80, 443, 8000-8099} drop") in [
+        (r.verdict, r.text) for _, r in rules_for_port(chains, 80)
+    ]
 
 
 def test_empty_and_bad_nft_output():

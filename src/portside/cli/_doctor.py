@@ -18,7 +18,12 @@ def _finding_lines(finding: Finding, *, lead: str) -> list[str]:
 
 
 def run_doctor(options: argparse.Namespace) -> int:
-    result = doctor(options.target, timeout=options.timeout, namespaces=options.namespaces, backend_name=options.backend)
+    result = doctor(
+        options.target,
+        timeout=options.timeout,
+        namespaces=options.namespaces,
+        backend_name=options.backend,
+    )
     if options.json:
         render.print_json("doctor", result)
     else:

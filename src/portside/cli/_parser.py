@@ -15,7 +15,7 @@ Handler = Callable[[argparse.Namespace], int]
 class _ErrorParser(argparse.ArgumentParser):
     """argparse, with one-line errors that name the fix and exit code 2."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
@@ -27,8 +27,8 @@ def _lazy(module: str, function: str) -> Handler:
     return run
 
 
-def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+def _common() -> _ErrorParser:
+    common = _ErrorParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON (schema in docs/json.md)")
     common.add_argument(
         "--no-color", action="store_true", help="no colour (NO_COLOR is honoured too)"
@@ -39,8 +39,8 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
-def _inspection(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    inspection = argparse.ArgumentParser(add_help=False, parents=[common])
+def _inspection(common: _ErrorParser) -> _ErrorParser:
+    inspection = _ErrorParser(add_help=False, parents=[common])
     inspection.add_argument(
         "--no-netns",
         dest="namespaces",
@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     doctor.add_argument("target", metavar="TARGET", nargs="?")
-    doctor.add_argument("--timeout", type=float, default=5.0, help="bound on the whole run, seconds (default 5)")
+    doctor.add_argument(
+        "--timeout", type=float, default=5.0, help="bound on the whole run, seconds (default 5)"
+    )
     doctor.set_defaults(handler=_lazy("_doctor", "run_doctor"))
     return parser
 

@@ -27,10 +27,16 @@ def _sockets(port: int, *, namespaces: bool, backend_name: str | None) -> tuple[
     from portside.inspect import with_identities
     from portside.sockets import port_sockets, select_backend
 
-    return tuple(with_identities(port_sockets(port, namespaces=namespaces, backend=select_backend(backend_name))))
+    return tuple(
+        with_identities(
+            port_sockets(port, namespaces=namespaces, backend=select_backend(backend_name))
+        )
+    )
 
 
-def _needs_firewall(attempts: tuple[Attempt, ...], sockets: tuple[SocketEntry, ...], bindv6only: bool | None) -> bool:
+def _needs_firewall(
+    attempts: tuple[Attempt, ...], sockets: tuple[SocketEntry, ...], bindv6only: bool | None
+) -> bool:
     listeners = [
         s
         for s in sockets
@@ -41,7 +47,9 @@ def _needs_firewall(attempts: tuple[Attempt, ...], sockets: tuple[SocketEntry, .
     for attempt in attempts:
         if attempt.outcome in (Outcome.HOST_UNREACHABLE, Outcome.PERMISSION):
             return True
-        if attempt.outcome in (Outcome.REFUSED, Outcome.TIMEOUT) and any(covers(s, attempt.ip, bindv6only=bindv6only) for s in listeners):
+        if attempt.outcome in (Outcome.REFUSED, Outcome.TIMEOUT) and any(
+            covers(s, attempt.ip, bindv6only=bindv6only) for s in listeners
+        ):
             return True
         if attempt.outcome is Outcome.TIMEOUT:
             return True
@@ -65,7 +73,9 @@ def doctor(
     deadline = time.monotonic() + timeout
     target = None if text is None else parse_target(text)
     if target is not None and target.port is None:
-        raise UsageError(f"{text!r}: doctor needs a port, e.g. `portside doctor {target.display()}:8080`")
+        raise UsageError(
+            f"{text!r}: doctor needs a port, e.g. `portside doctor {target.display()}:8080`"
+        )
     resolution = None
     if target is None:
         resolution = gather.resolve("localhost", None)
@@ -79,20 +89,35 @@ def doctor(
         addresses = gather.addresses_to_try(target, resolution)
         for ip in addresses:
             remaining = deadline - time.monotonic()
-            budget = max(0.05, min(CONNECT_BUDGET_S, remaining / max(1, len(addresses) - len(attempts))))
-            owners = [o.process.name for s in sockets if s.state is SocketState.LISTEN and covers(s, ip) for o in s.owners]
+            budget = max(
+                0.05, min(CONNECT_BUDGET_S, remaining / max(1, len(addresses) - len(attempts)))
+            )
+            owners = [
+                o.process.name
+                for s in sockets
+                if s.state is SocketState.LISTEN and covers(s, ip)
+                for o in s.owners
+            ]
             result = gather.attempt(target, ip, budget, owner_names=owners)
             if result.after is AfterConnect.CLOSED and target.scheme in ("http", "ws"):
                 # A TLS server resets a plain request: ask it for a handshake to be sure.
                 tls_target = dataclasses.replace(target, scheme="https")
-                second = gather.attempt(tls_target, ip, max(0.05, min(CONNECT_BUDGET_S, deadline - time.monotonic())))
+                second = gather.attempt(
+                    tls_target, ip, max(0.05, min(CONNECT_BUDGET_S, deadline - time.monotonic()))
+                )
                 if second.protocol == "tls":
                     result = dataclasses.replace(result, protocol="tls", detail=second.detail)
             attempts.append(result)
-        if loopback.lo_up is not None and any(a.outcome is Outcome.NET_UNREACHABLE for a in attempts):
+        if loopback.lo_up is not None and any(
+            a.outcome is Outcome.NET_UNREACHABLE for a in attempts
+        ):
             loopback = dataclasses.replace(loopback, local_route=gather.local_route())
     firewall = FirewallFacts(looked=False)
-    if target is not None and target.port is not None and _needs_firewall(tuple(attempts), sockets, loopback.bindv6only):
+    if (
+        target is not None
+        and target.port is not None
+        and _needs_firewall(tuple(attempts), sockets, loopback.bindv6only)
+    ):
         firewall = gather.firewall(target.port)
     facts = Facts(
         target=target,

@@ -22,7 +22,9 @@ _MAX_READ = 16 * 1024
 _PG_SSL_REQUEST = b"\x00\x00\x00\x08\x04\xd2\x16\x2f"
 
 
-def _read_some(sock: socket.socket, deadline: float, *, until: bytes | None = None) -> tuple[bytes, bool]:
+def _read_some(
+    sock: socket.socket, deadline: float, *, until: bytes | None = None
+) -> tuple[bytes, bool]:
     """Bytes received before ``deadline`` (or ``until`` is seen); and whether the peer closed."""
     data = b""
     while len(data) < _MAX_READ:
@@ -52,7 +54,9 @@ def guess(data: bytes) -> tuple[str | None, str | None]:
         return "tls", "TLS alert" if data[0] == 0x15 else "TLS handshake"
     if data.startswith(b"SSH-"):
         return "ssh", data.split(b"\r\n", 1)[0].decode("latin-1")
-    if data[:1] in (b"+", b"-") and (b"PONG" in data[:8] or data.startswith((b"-ERR", b"-NOAUTH", b"-DENIED"))):
+    if data[:1] in (b"+", b"-") and (
+        b"PONG" in data[:8] or data.startswith((b"-ERR", b"-NOAUTH", b"-DENIED"))
+    ):
         return "redis", data.split(b"\r\n", 1)[0].decode("latin-1")
     if len(data) >= 9 and data[3] == 0x04 and data[5:9] == b"\x00\x00\x00\x00":
         return "h2c", "HTTP/2 SETTINGS frame"
@@ -70,7 +74,13 @@ def guess(data: bytes) -> tuple[str | None, str | None]:
 
 
 def _http(sock: socket.socket, target: Target, deadline: float) -> Answer:
-    host = target.host if target.host_kind is HostKind.NAME else (f"[{target.host}]" if target.host and ":" in target.host else target.host or "localhost")
+    host = (
+        target.host
+        if target.host_kind is HostKind.NAME
+        else (
+            f"[{target.host}]" if target.host and ":" in target.host else target.host or "localhost"
+        )
+    )
     request = (
         f"GET {target.path or '/'} HTTP/1.1\r\nHost: {host}:{target.port}\r\n"
         "User-Agent: portside-doctor\r\nAccept: */*\r\nConnection: close\r\n\r\n"
@@ -110,7 +120,9 @@ def _tls(sock: socket.socket, target: Target, deadline: float) -> Answer:
                     sock.sendall(pending)
                 except OSError:
                     return AfterConnect.CLOSED, None, None, None
-            data, closed = _read_some(sock, deadline, until=None) if first else _read_chunk(sock, deadline)
+            data, closed = (
+                _read_some(sock, deadline, until=None) if first else _read_chunk(sock, deadline)
+            )
             if not data:
                 return (AfterConnect.CLOSED if closed else AfterConnect.SILENT), None, None, None
             if first and data[0] not in (0x15, 0x16):
@@ -147,7 +159,12 @@ def _exchange(sock: socket.socket, payload: bytes, deadline: float) -> Answer:
     if not data:
         return (AfterConnect.CLOSED if closed else AfterConnect.SILENT), None, None, None
     if payload == _PG_SSL_REQUEST and data[:1] in (b"S", b"N") and len(data) == 1:
-        return AfterConnect.ANSWERED, "postgresql", "SSL " + ("supported" if data == b"S" else "not supported"), None
+        return (
+            AfterConnect.ANSWERED,
+            "postgresql",
+            "SSL " + ("supported" if data == b"S" else "not supported"),
+            None,
+        )
     protocol, detail = guess(data)
     return AfterConnect.ANSWERED, protocol or "unknown", detail, None
 
@@ -158,8 +175,7 @@ def talk(sock: socket.socket, target: Target, ip: str, timeout: float) -> Answer
     deadline = time.monotonic() + max(timeout, 0.05)
     scheme = target.scheme
     if scheme in ("http", "ws"):
-        answer = _http(sock, target, deadline)
-        return answer
+        return _http(sock, target, deadline)
     if scheme in ("https", "wss", "tcp+tls", "rediss"):
         return _tls(sock, target, deadline)
     if scheme == "redis":

@@ -93,7 +93,9 @@ def _ioctl_flags(name: str) -> int | None:
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:
-            result = fcntl.ioctl(probe.fileno(), _SIOCGIFFLAGS, struct.pack("16sH14x", name.encode(), 0))
+            result = fcntl.ioctl(
+                probe.fileno(), _SIOCGIFFLAGS, struct.pack("16sH14x", name.encode(), 0)
+            )
         except OSError:
             return None
     return int(struct.unpack_from("16sH", result)[1])
@@ -123,18 +125,34 @@ def local_route() -> bool | None:
         return None
     if done.returncode != 0:
         return None
-    return any(line.split()[:2] in (["local", "127.0.0.0/8"], ["127.0.0.0/8"]) for line in done.stdout.splitlines())
+    return any(
+        line.split()[:2] in (["local", "127.0.0.0/8"], ["127.0.0.0/8"])
+        for line in done.stdout.splitlines()
+    )
 
 
 def loopback(*, with_route: bool) -> LoopbackFacts:
     """The state of ``lo`` in this network namespace (ioctl, not /sys: see FM-28)."""
     if sys.platform != "linux":
-        return LoopbackFacts(lo_up=None, has_ipv4=None, has_ipv6=None, ipv6_disabled=None, local_route=None, bindv6only=None)
+        return LoopbackFacts(
+            lo_up=None,
+            has_ipv4=None,
+            has_ipv6=None,
+            ipv6_disabled=None,
+            local_route=None,
+            bindv6only=None,
+        )
     flags = _ioctl_flags("lo")
     ipv4 = _ioctl_ipv4("lo")
     inet6 = _read("/proc/net/if_inet6")
-    has_ipv6 = None if inet6 is None else any(
-        line.split()[0] == "0" * 31 + "1" and line.split()[-1] == "lo" for line in inet6.splitlines() if line.strip()
+    has_ipv6 = (
+        None
+        if inet6 is None
+        else any(
+            line.split()[0] == "0" * 31 + "1" and line.split()[-1] == "lo"
+            for line in inet6.splitlines()
+            if line.strip()
+        )
     )
     disabled = _read("/proc/sys/net/ipv6/conf/lo/disable_ipv6")
     v6only = _read("/proc/sys/net/ipv6/bindv6only")
@@ -161,7 +179,9 @@ def addresses_to_try(target: Target, resolution: Resolution | None) -> list[str]
     return list(resolution.builtin_loopback)
 
 
-def connect(ip: str, port: int, timeout: float) -> tuple[Outcome, str | None, float, socket.socket | None]:
+def connect(
+    ip: str, port: int, timeout: float
+) -> tuple[Outcome, str | None, float, socket.socket | None]:
     """One TCP connect, timed; the socket is returned when connected."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -175,7 +195,12 @@ def connect(ip: str, port: int, timeout: float) -> tuple[Outcome, str | None, fl
     except OSError as exc:
         sock.close()
         number = exc.errno or 0
-        return _OUTCOMES.get(number, Outcome.ERROR), errno.errorcode.get(number, str(number)), (time.perf_counter() - started) * 1000, None
+        return (
+            _OUTCOMES.get(number, Outcome.ERROR),
+            errno.errorcode.get(number, str(number)),
+            (time.perf_counter() - started) * 1000,
+            None,
+        )
     elapsed = (time.perf_counter() - started) * 1000
     if sock.getsockname()[1] == port and sock.getpeername()[0] == sock.getsockname()[0]:
         sock.close()  # a TCP self-connection, not a server
@@ -183,7 +208,9 @@ def connect(ip: str, port: int, timeout: float) -> tuple[Outcome, str | None, fl
     return Outcome.CONNECTED, None, elapsed, sock
 
 
-def converse(sock: socket.socket, target: Target, ip: str, timeout: float) -> tuple[AfterConnect, str | None, str | None, int | None]:
+def converse(
+    sock: socket.socket, target: Target, ip: str, timeout: float
+) -> tuple[AfterConnect, str | None, str | None, int | None]:
     """Speak what the target implies; returns (after, protocol, detail, http status)."""
     from portside.diagnosis.conversation import talk
 
@@ -208,13 +235,22 @@ def safe_scheme(target: Target, owner_names: Sequence[str]) -> Target:
 
 def attempt(target: Target, ip: str, timeout: float, *, owner_names: Sequence[str] = ()) -> Attempt:
     """Connect to ``ip`` and, when connected, check the protocol the target implies."""
-    assert target.port is not None
+    if target.port is None:
+        raise ValueError("attempt() needs a target with a port")
     outcome, errno_name, elapsed, sock = connect(ip, target.port, timeout)
     family = "ipv6" if ":" in ip and not ip.startswith("::ffff:") else "ipv4"
     if sock is None:
-        return Attempt(ip=ip, family=family, outcome=outcome, errno_name=errno_name, elapsed_ms=round(elapsed, 2))
+        return Attempt(
+            ip=ip,
+            family=family,
+            outcome=outcome,
+            errno_name=errno_name,
+            elapsed_ms=round(elapsed, 2),
+        )
     try:
-        after, protocol, detail, status = converse(sock, safe_scheme(target, owner_names), ip, timeout)
+        after, protocol, detail, status = converse(
+            sock, safe_scheme(target, owner_names), ip, timeout
+        )
     finally:
         sock.close()
     return Attempt(
@@ -256,21 +292,31 @@ def firewall(port: int) -> FirewallFacts:
         text = _run([tool])
         if text:
             looked = True
-            chains.extend(parse_iptables_save(text, source=tool.removesuffix("-save"), family=family))
+            chains.extend(
+                parse_iptables_save(text, source=tool.removesuffix("-save"), family=family)
+            )
     if not looked:
-        return FirewallFacts(looked=False, error="neither nft nor iptables-legacy-save could be run")
+        return FirewallFacts(
+            looked=False, error="neither nft nor iptables-legacy-save could be run"
+        )
     rules = tuple(
         FirewallRule(
             source=rule.source,
             family=rule.family,
             chain=f"{chain.table}/{chain.name}",
-            verdict=RuleVerdict(rule.verdict) if rule.verdict in ("accept", "drop", "reject") else RuleVerdict.OTHER,
+            verdict=RuleVerdict(rule.verdict)
+            if rule.verdict in ("accept", "drop", "reject")
+            else RuleVerdict.OTHER,
             ports=tuple(sorted(rule.dport.ports)) if rule.dport else (),
             text=rule.text,
         )
         for chain, rule in rules_for_port(chains, port)
     )
     policy_drop = tuple(
-        f"{c.source} {c.family} {c.table}/{c.name}" for c in chains if c.hook in ("input", "output") and c.policy == "drop"
+        f"{c.source} {c.family} {c.table}/{c.name}"
+        for c in chains
+        if c.hook in ("input", "output") and c.policy == "drop"
     )
-    return FirewallFacts(looked=True, rules=rules, policy_drop_chains=policy_drop, error="; ".join(errors) or None)
+    return FirewallFacts(
+        looked=True, rules=rules, policy_drop_chains=policy_drop, error="; ".join(errors) or None
+    )

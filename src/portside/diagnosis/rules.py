@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 
-from portside.addresses import HostKind
+from portside.addresses import HostKind, exposure_of
 from portside.diagnosis.facts import AfterConnect, Attempt, Facts, Outcome, RuleVerdict
 from portside.models import (
     Diagnosis,
@@ -38,9 +38,13 @@ _FORWARDER_CODES = {
     "wsl-relay": "FM-31",
     "socat": "FM-25",
 }
-_NOT_SERVERS = frozenset({"sleep", "bash", "sh", "zsh", "fish", "dash", "cat", "tail", "less", "make", "tmux", "screen"})
+_NOT_SERVERS = frozenset(
+    {"sleep", "bash", "sh", "zsh", "fish", "dash", "cat", "tail", "less", "make", "tmux", "screen"}
+)
 _SOCKET_ACTIVATORS = frozenset({"systemd", "inetd", "xinetd"})
-_CLIENT_FIRST = frozenset({"http", "https", "ws", "wss", "redis", "rediss", "postgres", "postgresql", "tcp+tls"})
+_CLIENT_FIRST = frozenset(
+    {"http", "https", "ws", "wss", "redis", "rediss", "postgres", "postgresql", "tcp+tls"}
+)
 _EXPECTED_PROTOCOL = {
     "http": "http",
     "ws": "http",
@@ -67,7 +71,9 @@ def _is_v6(ip: str) -> bool:
 def _owner_words(owners: Sequence[Owner]) -> str:
     if not owners:
         return "an owner that is not visible"
-    return ", ".join(f"{o.process.name}[{o.process.pid}] ({' '.join(o.process.cmdline)[:120]})" for o in owners)
+    return ", ".join(
+        f"{o.process.name}[{o.process.pid}] ({' '.join(o.process.cmdline)[:120]})" for o in owners
+    )
 
 
 def _here(entry: SocketEntry) -> bool:
@@ -116,7 +122,9 @@ def _where(entry: SocketEntry) -> str:
 
 
 def _stopped(owners: Iterable[Owner]) -> Owner | None:
-    return next((o for o in owners if o.process.state in (ProcessState.STOPPED, ProcessState.TRACED)), None)
+    return next(
+        (o for o in owners if o.process.state in (ProcessState.STOPPED, ProcessState.TRACED)), None
+    )
 
 
 # --- one attempt ------------------------------------------------------------------------
@@ -163,7 +171,8 @@ def _refused(facts: Facts, attempt: Attempt, port: int) -> Finding:
         listener = here[0]
         want = "IPv6" if _is_v6(attempt.ip) else "IPv4"
         have = "IPv4" if want == "IPv6" else "IPv6"
-        literal = listener.local.ip if listener.local.ip not in ("0.0.0.0", "::") else ("127.0.0.1" if have == "IPv4" else "::1")
+        wildcard = exposure_of(listener.local.ip) is Exposure.ALL
+        literal = ("127.0.0.1" if have == "IPv4" else "::1") if wildcard else listener.local.ip
         return Finding(
             code="FM-03",
             severity=Severity.HIGH,
@@ -195,11 +204,19 @@ def _refused(facts: Facts, attempt: Attempt, port: int) -> Finding:
                 "each network namespace has its own loopback",
             ),
             fix=(
-                *((f"run the client there: sudo nsenter -t {holder} -n <client>",) if holder else ()),
+                *(
+                    (f"run the client there: sudo nsenter -t {holder} -n <client>",)
+                    if holder
+                    else ()
+                ),
                 f"or publish the port (docker run -p 127.0.0.1:{port}:{port} …), or use --network host",
             ),
         )
-    bound = [e for e in facts.sockets if e.transport is Transport.TCP and e.state is SocketState.BOUND and _here(e)]
+    bound = [
+        e
+        for e in facts.sockets
+        if e.transport is Transport.TCP and e.state is SocketState.BOUND and _here(e)
+    ]
     if bound:
         return Finding(
             code="FM-10",
@@ -207,31 +224,53 @@ def _refused(facts: Facts, attempt: Attempt, port: int) -> Finding:
             title=f"port {port} is bound but nobody listens on it",
             evidence=(
                 f"connect to {target}: ECONNREFUSED",
-                *(f"bound, not listening: {_where(e)}, held by {_owner_words(e.owners)}" for e in bound),
+                *(
+                    f"bound, not listening: {_where(e)}, held by {_owner_words(e.owners)}"
+                    for e in bound
+                ),
             ),
-            fix=("the holder called bind() without listen(): stop it or let it listen", "portside who " + str(port)),
+            fix=(
+                "the holder called bind() without listen(): stop it or let it listen",
+                "portside who " + str(port),
+            ),
         )
     udp = [e for e in facts.sockets if e.transport is Transport.UDP and _here(e)]
-    evidence = [f"connect to {target}: ECONNREFUSED after {attempt.elapsed_ms:.1f} ms", f"no TCP socket listens on port {port}"]
+    evidence = [
+        f"connect to {target}: ECONNREFUSED after {attempt.elapsed_ms:.1f} ms",
+        f"no TCP socket listens on port {port}",
+    ]
     if udp:
-        evidence.append(f"but UDP {_where(udp[0])} is bound by {_owner_words(udp[0].owners)}: a UDP-only service?")
+        evidence.append(
+            f"but UDP {_where(udp[0])} is bound by {_owner_words(udp[0].owners)}: a UDP-only service?"
+        )
     return Finding(
         code="FM-01",
         severity=Severity.HIGH,
         title=f"nothing is listening on port {port}",
         evidence=tuple(evidence),
-        fix=("start the service and check its log for a bind error", "check the port in its configuration"),
+        fix=(
+            "start the service and check its log for a bind error",
+            "check the port in its configuration",
+        ),
     )
 
 
 def _timeout(facts: Facts, attempt: Attempt, port: int) -> Finding:
     target = _endpoint(attempt.ip, port)
-    matching = [e for e in _tcp_listeners(facts) if covers(e, attempt.ip, bindv6only=facts.loopback.bindv6only)]
+    matching = [
+        e
+        for e in _tcp_listeners(facts)
+        if covers(e, attempt.ip, bindv6only=facts.loopback.bindv6only)
+    ]
     for listener in matching:
         stopped = _stopped(listener.owners)
         if stopped is not None:
             return _stopped_finding(stopped, listener, target)
-        if listener.recv_queue is not None and listener.send_queue is not None and listener.recv_queue >= listener.send_queue:
+        if (
+            listener.recv_queue is not None
+            and listener.send_queue is not None
+            and listener.recv_queue >= listener.send_queue
+        ):
             return Finding(
                 code="FM-17",
                 severity=Severity.HIGH,
@@ -256,14 +295,23 @@ def _timeout(facts: Facts, attempt: Attempt, port: int) -> Finding:
                 f"{_where(matching[0])} listens and its accept queue has room",
                 *_firewall_evidence(facts, port),
             ),
-            fix=("find the rule: sudo nft -a list ruleset; sudo iptables-save", f"allow it: sudo nft insert rule inet filter input iif lo tcp dport {port} accept"),
+            fix=(
+                "find the rule: sudo nft -a list ruleset; sudo iptables-save",
+                f"allow it: sudo nft insert rule inet filter input iif lo tcp dport {port} accept",
+            ),
         )
     return Finding(
         code="FM-26",
         severity=Severity.HIGH,
         title=f"no answer from {target}: packets are dropped",
-        evidence=(f"connect to {target}: no answer within {attempt.elapsed_ms:.0f} ms", f"no local socket listens on port {port}", *_firewall_evidence(facts, port)),
-        fix=("loopback without a firewall always answers: look for a DROP rule (sudo nft -a list ruleset)",),
+        evidence=(
+            f"connect to {target}: no answer within {attempt.elapsed_ms:.0f} ms",
+            f"no local socket listens on port {port}",
+            *_firewall_evidence(facts, port),
+        ),
+        fix=(
+            "loopback without a firewall always answers: look for a DROP rule (sudo nft -a list ruleset)",
+        ),
     )
 
 
@@ -275,16 +323,27 @@ def _stopped_finding(owner: Owner, listener: SocketEntry, target: str) -> Findin
         evidence=(
             f"{owner.process.name}[{owner.process.pid}] is in state {owner.process.state.value}",
             f"connections to {target} are accepted by the kernel but never served"
-            + (f" (accept queue {listener.recv_queue}/{listener.send_queue})" if listener.recv_queue is not None else ""),
+            + (
+                f" (accept queue {listener.recv_queue}/{listener.send_queue})"
+                if listener.recv_queue is not None
+                else ""
+            ),
         ),
-        fix=(f"kill -CONT {owner.process.pid}", "or `fg` in its shell; detach a debugger if one is attached"),
+        fix=(
+            f"kill -CONT {owner.process.pid}",
+            "or `fg` in its shell; detach a debugger if one is attached",
+        ),
     )
 
 
 def _connected(facts: Facts, attempt: Attempt, port: int) -> Finding | None:
     target = _endpoint(attempt.ip, port)
     scheme = facts.target.scheme if facts.target else None
-    matching = [e for e in _tcp_listeners(facts) if covers(e, attempt.ip, bindv6only=facts.loopback.bindv6only)]
+    matching = [
+        e
+        for e in _tcp_listeners(facts)
+        if covers(e, attempt.ip, bindv6only=facts.loopback.bindv6only)
+    ]
     owners = [o for e in matching for o in e.owners]
     for listener in matching:
         stopped = _stopped(listener.owners)
@@ -292,7 +351,9 @@ def _connected(facts: Facts, attempt: Attempt, port: int) -> Finding | None:
             return _stopped_finding(stopped, listener, target)
     expected = _EXPECTED_PROTOCOL.get(scheme or "")
     if attempt.after is AfterConnect.CLOSED and attempt.protocol is None:
-        forwarder = next((o for o in owners if o.identity and o.identity.kind in _FORWARDER_CODES), None)
+        forwarder = next(
+            (o for o in owners if o.identity and o.identity.kind in _FORWARDER_CODES), None
+        )
         if forwarder is not None and forwarder.identity is not None:
             identity = forwarder.identity
             behind = f" to {identity.target}" if identity.target else ""
@@ -312,9 +373,13 @@ def _connected(facts: Facts, attempt: Attempt, port: int) -> Finding | None:
             title=f"{target} accepts connections and closes them at once",
             evidence=(
                 "connected, then EOF/RST with no data (tcpwrapped)",
-                f"held by {_owner_words(owners)}" if matching else "no local listener matches (NAT or another namespace?)",
+                f"held by {_owner_words(owners)}"
+                if matching
+                else "no local listener matches (NAT or another namespace?)",
             ),
-            fix=("a forwarder whose backend is down, or a server refusing this client: read its log",),
+            fix=(
+                "a forwarder whose backend is down, or a server refusing this client: read its log",
+            ),
         )
     if expected is not None and attempt.protocol is not None and attempt.protocol != expected:
         return _protocol_mismatch(scheme or "", expected, attempt, target)
@@ -346,7 +411,10 @@ def _orphan_finding(odd: Sequence[Owner], target: str) -> Finding:
             f"held by {_owner_words(odd)}: it inherited the listening socket",
             "the real server probably exited and left the socket with a child",
         ),
-        fix=(*(f"kill {o.process.pid}" for o in odd), "close fds on exec in the launcher (FD_CLOEXEC)"),
+        fix=(
+            *(f"kill {o.process.pid}" for o in odd),
+            "close fds on exec in the launcher (FD_CLOEXEC)",
+        ),
     )
 
 
@@ -358,7 +426,11 @@ def _protocol_mismatch(scheme: str, expected: str, attempt: Attempt, target: str
             code="FM-22",
             severity=Severity.HIGH,
             title=f"{target} speaks {'TLS' if got == 'tls' else 'plain HTTP'}, not {scheme}://",
-            evidence=(f"asked with {scheme}://; the server answered as {got}: {attempt.detail or ''}".rstrip(": "),),
+            evidence=(
+                f"asked with {scheme}://; the server answered as {got}: {attempt.detail or ''}".rstrip(
+                    ": "
+                ),
+            ),
             fix=(f"use {right}{target}/",),
         )
     if got == "h2c" and expected == "http":
@@ -367,24 +439,38 @@ def _protocol_mismatch(scheme: str, expected: str, attempt: Attempt, target: str
             severity=Severity.HIGH,
             title=f"{target} speaks HTTP/2 cleartext (prior knowledge) only",
             evidence=("the server sent an HTTP/2 SETTINGS frame",),
-            fix=(f"curl --http2-prior-knowledge http://{target}/", "or enable HTTP/1.1 on the server"),
+            fix=(
+                f"curl --http2-prior-knowledge http://{target}/",
+                "or enable HTTP/1.1 on the server",
+            ),
         )
     return Finding(
         code="FM-24",
         severity=Severity.HIGH,
         title=f"{target} speaks {got}, not {expected}",
         evidence=(f"identified {got}: {attempt.detail or 'no detail'}",),
-        fix=("another service owns this port: point the client at the right port, or move one of them",),
+        fix=(
+            "another service owns this port: point the client at the right port, or move one of them",
+        ),
     )
 
 
 def _forwarder_fix(kind: str, target: str | None) -> tuple[str, ...]:
     where = target or "the backend"
     return {
-        "docker-proxy": (f"check the container is running and its app listens on 0.0.0.0 inside it ({where})",),
-        "ssh-local-forward": (f"the remote side cannot reach {where}: start it, or fix the -L target", "use -o ExitOnForwardFailure=yes"),
-        "qemu-hostfwd": (f"start the guest service ({where}) and make it listen on the guest's NIC address or 0.0.0.0",),
-        "kubectl-port-forward": ("re-run kubectl port-forward against a service or deployment; check the pod port",),
+        "docker-proxy": (
+            f"check the container is running and its app listens on 0.0.0.0 inside it ({where})",
+        ),
+        "ssh-local-forward": (
+            f"the remote side cannot reach {where}: start it, or fix the -L target",
+            "use -o ExitOnForwardFailure=yes",
+        ),
+        "qemu-hostfwd": (
+            f"start the guest service ({where}) and make it listen on the guest's NIC address or 0.0.0.0",
+        ),
+        "kubectl-port-forward": (
+            "re-run kubectl port-forward against a service or deployment; check the pod port",
+        ),
         "wsl-relay": ("bind 0.0.0.0 or 127.0.0.1 in WSL; `wsl --shutdown` if the relay is stuck",),
     }.get(kind, (f"start or fix the backend {where}",))
 
@@ -396,7 +482,10 @@ def _address_unavailable(facts: Facts, attempt: Attempt, port: int) -> Finding:
             code="FM-08",
             severity=Severity.HIGH,
             title="IPv6 is disabled on the loopback interface: ::1 does not exist",
-            evidence=(f"connect to {_endpoint(attempt.ip, port)}: EADDRNOTAVAIL", f"net.ipv6.conf.lo.disable_ipv6 = {int(bool(lo.ipv6_disabled))}"),
+            evidence=(
+                f"connect to {_endpoint(attempt.ip, port)}: EADDRNOTAVAIL",
+                f"net.ipv6.conf.lo.disable_ipv6 = {int(bool(lo.ipv6_disabled))}",
+            ),
             fix=("sudo sysctl -w net.ipv6.conf.lo.disable_ipv6=0", "or connect to 127.0.0.1"),
         )
     if lo.lo_up is False:
@@ -406,7 +495,9 @@ def _address_unavailable(facts: Facts, attempt: Attempt, port: int) -> Finding:
         severity=Severity.HIGH,
         title="no local address or source port is available",
         evidence=(f"connect to {_endpoint(attempt.ip, port)}: EADDRNOTAVAIL",),
-        fix=("the ephemeral ports may be exhausted: reuse connections, or widen net.ipv4.ip_local_port_range",),
+        fix=(
+            "the ephemeral ports may be exhausted: reuse connections, or widen net.ipv4.ip_local_port_range",
+        ),
     )
 
 
@@ -415,7 +506,10 @@ def _loopback_down(attempt: Attempt, port: int) -> Finding:
         code="FM-28",
         severity=Severity.CRITICAL,
         title="the loopback interface is down",
-        evidence=(f"connect to {_endpoint(attempt.ip, port)}: {attempt.errno_name}", "lo is not up"),
+        evidence=(
+            f"connect to {_endpoint(attempt.ip, port)}: {attempt.errno_name}",
+            "lo is not up",
+        ),
         fix=("sudo ip link set lo up",),
     )
 
@@ -436,27 +530,41 @@ def explain_attempt(facts: Facts, attempt: Attempt, port: int) -> Finding | None
             code="FM-28",
             severity=Severity.CRITICAL,
             title="no route to the loopback network",
-            evidence=(f"connect to {_endpoint(attempt.ip, port)}: ENETUNREACH", "the local 127.0.0.0/8 route or address is missing"),
+            evidence=(
+                f"connect to {_endpoint(attempt.ip, port)}: ENETUNREACH",
+                "the local 127.0.0.0/8 route or address is missing",
+            ),
             fix=("sudo ip addr add 127.0.0.1/8 dev lo", "sudo ip link set lo up"),
         )
     if attempt.outcome is Outcome.ADDRESS_UNAVAILABLE:
         return _address_unavailable(facts, attempt, port)
     if attempt.outcome in (Outcome.HOST_UNREACHABLE, Outcome.PERMISSION):
         rejecting = any(r.verdict is RuleVerdict.REJECT for r in facts.firewall.rules)
-        if attempt.outcome is Outcome.PERMISSION and not rejecting and attempt.errno_name == "EPERM":
+        if (
+            attempt.outcome is Outcome.PERMISSION
+            and not rejecting
+            and attempt.errno_name == "EPERM"
+        ):
             return Finding(
                 code="FM-27",
                 severity=Severity.HIGH,
                 title=f"the kernel refused the connect to {_endpoint(attempt.ip, port)} (EPERM)",
                 evidence=("not a firewall reject: an LSM, cgroup-BPF or seccomp policy",),
-                fix=("check the unit's SocketBindDeny/IPAddressDeny, seccomp and SELinux/AppArmor denials",),
+                fix=(
+                    "check the unit's SocketBindDeny/IPAddressDeny, seccomp and SELinux/AppArmor denials",
+                ),
             )
         return Finding(
             code="FM-26",
             severity=Severity.HIGH,
             title=f"a firewall rejects {_endpoint(attempt.ip, port)} with an ICMP error",
-            evidence=(f"connect: {attempt.errno_name} after {attempt.elapsed_ms:.0f} ms", *_firewall_evidence(facts, port)),
-            fix=("find the reject rule: sudo nft -a list ruleset; sudo iptables-save; sudo ip6tables-save",),
+            evidence=(
+                f"connect: {attempt.errno_name} after {attempt.elapsed_ms:.0f} ms",
+                *_firewall_evidence(facts, port),
+            ),
+            fix=(
+                "find the reject rule: sudo nft -a list ruleset; sudo iptables-save; sudo ip6tables-save",
+            ),
         )
     return Finding(
         code="FM-27",
@@ -473,7 +581,11 @@ def _firewall_evidence(facts: Facts, port: int) -> tuple[str, ...]:
         return ()
     if firewall.error:
         return (f"firewall rules could not be read: {firewall.error}",)
-    relevant = [r for r in firewall.rules if r.verdict in (RuleVerdict.DROP, RuleVerdict.REJECT) and (not r.ports or port in r.ports)]
+    relevant = [
+        r
+        for r in firewall.rules
+        if r.verdict in (RuleVerdict.DROP, RuleVerdict.REJECT) and (not r.ports or port in r.ports)
+    ]
     lines = [f"{r.source} {r.family} {r.chain}: {r.text}" for r in relevant[:5]]
     lines.extend(f"chain {c} has policy drop" for c in firewall.policy_drop_chains)
     return tuple(lines) or ("no drop/reject rule for this port was found in nftables or iptables",)
@@ -484,7 +596,11 @@ def _firewall_evidence(facts: Facts, port: int) -> tuple[str, ...]:
 
 def _proxy_finding(facts: Facts) -> Finding | None:
     env = facts.proxy_env
-    proxies = {k: v for k, v in env.items() if k.lower() in ("http_proxy", "https_proxy", "all_proxy") and v}
+    proxies = {
+        k: v
+        for k, v in env.items()
+        if k.lower() in ("http_proxy", "https_proxy", "all_proxy") and v
+    }
     if not proxies:
         return None
     no_proxy = ",".join(v for k, v in env.items() if k.lower() == "no_proxy")
@@ -493,7 +609,11 @@ def _proxy_finding(facts: Facts) -> Finding | None:
     if facts.target is not None and facts.target.scheme not in (None, "http", "https", "ws", "wss"):
         return None
     if host in exempt or "*" in exempt:
-        missing = [name for name in ("localhost", "127.0.0.1", "::1") if name not in exempt and "*" not in exempt]
+        missing = [
+            name
+            for name in ("localhost", "127.0.0.1", "::1")
+            if name not in exempt and "*" not in exempt
+        ]
         if not missing:
             return None
     return Finding(
@@ -504,7 +624,10 @@ def _proxy_finding(facts: Facts) -> Finding | None:
             *(f"{k}={v}" for k, v in sorted(proxies.items())),
             f"no_proxy={no_proxy or '(unset)'}: matched as text, so localhost, 127.0.0.1 and ::1 must each be listed",
         ),
-        fix=("export no_proxy=localhost,127.0.0.1,::1 NO_PROXY=localhost,127.0.0.1,::1", "curl --noproxy '*' …"),
+        fix=(
+            "export no_proxy=localhost,127.0.0.1,::1 NO_PROXY=localhost,127.0.0.1,::1",
+            "curl --noproxy '*' …",
+        ),
     )
 
 
@@ -519,8 +642,13 @@ def _port_findings(facts: Facts, port: int, nothing_listens: bool) -> list[Findi
                 code="FM-14",
                 severity=Severity.LOW,
                 title=f"port {port} is inside the ephemeral range {low_high[0]}-{low_high[1]}",
-                evidence=("an outgoing connection may take it as its source port, and a server then fails to bind it",),
-                fix=(f"use a port below {low_high[0]} (`portside pick`)", f"or: sudo sysctl -w net.ipv4.ip_local_reserved_ports={port}"),
+                evidence=(
+                    "an outgoing connection may take it as its source port, and a server then fails to bind it",
+                ),
+                fix=(
+                    f"use a port below {low_high[0]} (`portside pick`)",
+                    f"or: sudo sysctl -w net.ipv4.ip_local_reserved_ports={port}",
+                ),
             )
         )
     start = kernel.unprivileged_port_start
@@ -530,8 +658,13 @@ def _port_findings(facts: Facts, port: int, nothing_listens: bool) -> list[Findi
                 code="FM-13",
                 severity=Severity.LOW,
                 title=f"port {port} is privileged (below {start})",
-                evidence=("a server without root or CAP_NET_BIND_SERVICE fails to bind it with EACCES",),
-                fix=("use a port >= 1024 behind a proxy", "or: sudo setcap cap_net_bind_service=+ep /path/to/server"),
+                evidence=(
+                    "a server without root or CAP_NET_BIND_SERVICE fails to bind it with EACCES",
+                ),
+                fix=(
+                    "use a port >= 1024 behind a proxy",
+                    "or: sudo setcap cap_net_bind_service=+ep /path/to/server",
+                ),
             )
         )
     if port in BROWSER_BAD_PORTS and scheme in ("http", "https", "ws", "wss"):
@@ -540,7 +673,9 @@ def _port_findings(facts: Facts, port: int, nothing_listens: bool) -> list[Findi
                 code="FM-15",
                 severity=Severity.MEDIUM,
                 title=f"browsers refuse port {port} (ERR_UNSAFE_PORT)",
-                evidence=("it is on the WHATWG Fetch bad-port list; curl works, browsers and Node fetch do not",),
+                evidence=(
+                    "it is on the WHATWG Fetch bad-port list; curl works, browsers and Node fetch do not",
+                ),
                 fix=("move the server to another port",),
             )
         )
@@ -560,7 +695,10 @@ def _socket_findings(facts: Facts, port: int) -> list[Finding]:
                 code="FM-12",
                 severity=Severity.MEDIUM,
                 title=f"{len(entries)} sockets listen on {_endpoint(ip, port)} (an SO_REUSEPORT group)",
-                evidence=tuple(f"member held by {_owner_words(e.owners)}, accept queue {e.recv_queue}" for e in entries),
+                evidence=tuple(
+                    f"member held by {_owner_words(e.owners)}, accept queue {e.recv_queue}"
+                    for e in entries
+                ),
                 fix=("connections are spread over the members: stop a stale or stuck member",),
             )
         )
@@ -572,7 +710,9 @@ def _socket_findings(facts: Facts, port: int) -> list[Finding]:
                 severity=Severity.MEDIUM,
                 title=f"different servers listen on port {port}",
                 evidence=tuple(f"{_where(e)}: {_owner_words(e.owners)}" for e in here),
-                fix=("which one answers depends on the address family the client picks: stop the stale one",),
+                fix=(
+                    "which one answers depends on the address family the client picks: stop the stale one",
+                ),
             )
         )
     for entry in here:
@@ -593,8 +733,13 @@ def _socket_findings(facts: Facts, port: int) -> list[Finding]:
                     code="FM-36",
                     severity=Severity.LOW,
                     title=f"{_where(entry)} listens on every interface",
-                    evidence=(f"held by {_owner_words(entry.owners)}", "reachable from every network this machine is on, unless a firewall drops it"),
-                    fix=("bind 127.0.0.1 (or ::1) if only this machine needs it; `portside audit` checks the firewall",),
+                    evidence=(
+                        f"held by {_owner_words(entry.owners)}",
+                        "reachable from every network this machine is on, unless a firewall drops it",
+                    ),
+                    fix=(
+                        "bind 127.0.0.1 (or ::1) if only this machine needs it; `portside audit` checks the firewall",
+                    ),
                 )
             )
     if not here:
@@ -605,14 +750,18 @@ def _socket_findings(facts: Facts, port: int) -> list[Finding]:
                     code="FM-11",
                     severity=Severity.LOW,
                     title=f"{len(waiting)} TIME_WAIT sockets still use port {port}",
-                    evidence=("a restarted server fails to bind for up to 60 s unless it sets SO_REUSEADDR",),
+                    evidence=(
+                        "a restarted server fails to bind for up to 60 s unless it sets SO_REUSEADDR",
+                    ),
                     fix=("set SO_REUSEADDR on the listening socket, or wait a minute",),
                 )
             )
         busy = [
             e
             for e in facts.sockets
-            if e.transport is Transport.TCP and e.state not in (SocketState.TIME_WAIT, SocketState.LISTEN, SocketState.BOUND) and _here(e)
+            if e.transport is Transport.TCP
+            and e.state not in (SocketState.TIME_WAIT, SocketState.LISTEN, SocketState.BOUND)
+            and _here(e)
         ]
         if busy:
             found.append(
@@ -620,7 +769,10 @@ def _socket_findings(facts: Facts, port: int) -> list[Finding]:
                     code="FM-10",
                     severity=Severity.LOW,
                     title=f"{len(busy)} connections use port {port} as their local port",
-                    evidence=tuple(f"{e.state.value} {_where(e)} -> {_endpoint(e.remote.ip, e.remote.port) if e.remote else '?'}, {_owner_words(e.owners)}" for e in busy[:3]),
+                    evidence=tuple(
+                        f"{e.state.value} {_where(e)} -> {_endpoint(e.remote.ip, e.remote.port) if e.remote else '?'}, {_owner_words(e.owners)}"
+                        for e in busy[:3]
+                    ),
                     fix=("a server binding this port gets EADDRINUSE while they exist",),
                 )
             )
@@ -643,10 +795,17 @@ def _resolution_findings(facts: Facts, port: int | None) -> list[Finding]:
                     f"getaddrinfo({resolution.name!r}): {resolution.glibc_error}",
                     f"/etc/hosts lines for it: {len(resolution.hosts_entries)}",
                     f"nsswitch hosts: {resolution.nsswitch_hosts or '?'}",
-                    *(("curl and browsers resolve *.localhost themselves, so they still work",) if loopbackish else ()),
+                    *(
+                        ("curl and browsers resolve *.localhost themselves, so they still work",)
+                        if loopbackish
+                        else ()
+                    ),
                 ),
                 fix=(
-                    ("add to /etc/hosts: 127.0.0.1 localhost and ::1 localhost ip6-localhost ip6-loopback", "or use 127.0.0.1 directly")
+                    (
+                        "add to /etc/hosts: 127.0.0.1 localhost and ::1 localhost ip6-localhost ip6-loopback",
+                        "or use 127.0.0.1 directly",
+                    )
                     if loopbackish
                     else ("check the name and your DNS", "or use the IP address")
                 ),
@@ -654,7 +813,9 @@ def _resolution_findings(facts: Facts, port: int | None) -> list[Finding]:
         )
         return found
     if loopbackish:
-        outside = [ip for ip in resolution.glibc if not ipaddress.ip_address(ip.split("%")[0]).is_loopback]
+        outside = [
+            ip for ip in resolution.glibc if not ipaddress.ip_address(ip.split("%")[0]).is_loopback
+        ]
         if outside:
             found.append(
                 Finding(
@@ -668,10 +829,11 @@ def _resolution_findings(facts: Facts, port: int | None) -> list[Finding]:
     return found
 
 
-def _family_trap(facts: Facts, attempts: Sequence[Attempt], failures: dict[int, Finding], port: int) -> Finding:
+def _family_trap(
+    facts: Facts, attempts: Sequence[Attempt], failures: dict[int, Finding], port: int
+) -> Finding:
     """Some resolved addresses work and some do not (FM-04 / FM-05)."""
-    assert facts.target is not None
-    name = facts.target.host or "?"
+    name = facts.target.host if facts.target and facts.target.host else "?"
     first = attempts[0]
     good = [a for a in attempts if id(a) not in failures]
     bad = [a for a in attempts if id(a) in failures]
@@ -681,9 +843,10 @@ def _family_trap(facts: Facts, attempts: Sequence[Attempt], failures: dict[int, 
         *(f"{_endpoint(a.ip, port)}: {a.outcome.value}" for a in good),
     ]
     listeners = _tcp_listeners(facts)
-    localhost_bound = any(
-        "localhost" in " ".join(o.process.cmdline) for e in listeners for o in e.owners
-    ) and len({_is_v6(e.local.ip) for e in listeners}) == 1
+    localhost_bound = (
+        any("localhost" in " ".join(o.process.cmdline) for e in listeners for o in e.owners)
+        and len({_is_v6(e.local.ip) for e in listeners}) == 1
+    )
     code = "FM-05" if localhost_bound else "FM-04"
     first_fails = id(first) in failures
     title = (
@@ -711,7 +874,15 @@ def _machine_findings(facts: Facts) -> list[Finding]:
     lo = facts.loopback
     found: list[Finding] = []
     if lo.lo_up is False:
-        found.append(Finding(code="FM-28", severity=Severity.CRITICAL, title="the loopback interface is down", evidence=("lo is not up",), fix=("sudo ip link set lo up",)))
+        found.append(
+            Finding(
+                code="FM-28",
+                severity=Severity.CRITICAL,
+                title="the loopback interface is down",
+                evidence=("lo is not up",),
+                fix=("sudo ip link set lo up",),
+            )
+        )
     else:
         if lo.has_ipv4 is False or lo.local_route is False:
             found.append(
@@ -719,7 +890,10 @@ def _machine_findings(facts: Facts) -> list[Finding]:
                     code="FM-28",
                     severity=Severity.CRITICAL,
                     title="127.0.0.1 is missing from the loopback interface",
-                    evidence=(f"127.0.0.1 on lo: {lo.has_ipv4}", f"local 127.0.0.0/8 route: {lo.local_route}"),
+                    evidence=(
+                        f"127.0.0.1 on lo: {lo.has_ipv4}",
+                        f"local 127.0.0.0/8 route: {lo.local_route}",
+                    ),
                     fix=("sudo ip addr add 127.0.0.1/8 dev lo",),
                 )
             )
@@ -729,8 +903,14 @@ def _machine_findings(facts: Facts) -> list[Finding]:
                     code="FM-08",
                     severity=Severity.MEDIUM,
                     title="::1 is not available on the loopback interface",
-                    evidence=(f"net.ipv6.conf.lo.disable_ipv6 = {int(bool(lo.ipv6_disabled))}", f"::1 on lo: {lo.has_ipv6}"),
-                    fix=("sudo sysctl -w net.ipv6.conf.lo.disable_ipv6=0", "or remove '::1 localhost' from /etc/hosts"),
+                    evidence=(
+                        f"net.ipv6.conf.lo.disable_ipv6 = {int(bool(lo.ipv6_disabled))}",
+                        f"::1 on lo: {lo.has_ipv6}",
+                    ),
+                    fix=(
+                        "sudo sysctl -w net.ipv6.conf.lo.disable_ipv6=0",
+                        "or remove '::1 localhost' from /etc/hosts",
+                    ),
                 )
             )
     found.extend(_resolution_findings(facts, None))
@@ -742,7 +922,9 @@ def _machine_findings(facts: Facts) -> list[Finding]:
                     code="FM-07",
                     severity=Severity.LOW,
                     title="/etc/hosts has no localhost line",
-                    evidence=(f"localhost resolves through nsswitch ({resolution.nsswitch_hosts or '?'}) to {', '.join(resolution.glibc)}",),
+                    evidence=(
+                        f"localhost resolves through nsswitch ({resolution.nsswitch_hosts or '?'}) to {', '.join(resolution.glibc)}",
+                    ),
                     fix=("add: 127.0.0.1 localhost and ::1 localhost ip6-localhost ip6-loopback",),
                 )
             )
@@ -752,8 +934,13 @@ def _machine_findings(facts: Facts) -> list[Finding]:
                     code="FM-04",
                     severity=Severity.INFO,
                     title="localhost resolves to ::1 first",
-                    evidence=(f"getaddrinfo order: {', '.join(resolution.glibc)}", *(f"gai.conf: {line}" for line in resolution.gai_precedence)),
-                    fix=("servers should listen on both 127.0.0.1 and ::1 (Node >= 17 tries ::1 first)",),
+                    evidence=(
+                        f"getaddrinfo order: {', '.join(resolution.glibc)}",
+                        *(f"gai.conf: {line}" for line in resolution.gai_precedence),
+                    ),
+                    fix=(
+                        "servers should listen on both 127.0.0.1 and ::1 (Node >= 17 tries ::1 first)",
+                    ),
                 )
             )
     kernel = facts.kernel
@@ -774,7 +961,9 @@ def _machine_findings(facts: Facts) -> list[Finding]:
                 code="FM-13",
                 severity=Severity.INFO,
                 title=f"ports below {kernel.unprivileged_port_start} need root or CAP_NET_BIND_SERVICE",
-                evidence=(f"net.ipv4.ip_unprivileged_port_start = {kernel.unprivileged_port_start}",),
+                evidence=(
+                    f"net.ipv4.ip_unprivileged_port_start = {kernel.unprivileged_port_start}",
+                ),
             )
         )
     return found
@@ -792,8 +981,18 @@ def diagnose(facts: Facts) -> Diagnosis:
     if target is None or target.port is None:
         findings = _rank([*_machine_findings(facts), *((proxy,) if proxy else ())])
         serious = [f for f in findings if f.severity is not Severity.INFO]
-        verdict = serious[0] if serious else Finding(code="OK", severity=Severity.INFO, title="loopback, localhost and the port settings look healthy")
-        return Diagnosis(target=None, verdict=verdict, findings=tuple(f for f in findings if f is not verdict))
+        verdict = (
+            serious[0]
+            if serious
+            else Finding(
+                code="OK",
+                severity=Severity.INFO,
+                title="loopback, localhost and the port settings look healthy",
+            )
+        )
+        return Diagnosis(
+            target=None, verdict=verdict, findings=tuple(f for f in findings if f is not verdict)
+        )
 
     port = target.port
     secondary: list[Finding] = []
@@ -815,13 +1014,20 @@ def diagnose(facts: Facts) -> Diagnosis:
                 code=verdict.code,
                 severity=verdict.severity,
                 title=verdict.title,
-                evidence=(*verdict.evidence, f"what curl and browsers would reach: {'; '.join(reached)}"),
+                evidence=(
+                    *verdict.evidence,
+                    f"what curl and browsers would reach: {'; '.join(reached)}",
+                ),
                 fix=verdict.fix,
             )
         secondary.extend(resolution_problems[1:])
     elif not attempts:
-        verdict = resolution_problems[0] if resolution_problems else Finding(
-            code="FM-07", severity=Severity.HIGH, title=f"{target.host} has no address to try"
+        verdict = (
+            resolution_problems[0]
+            if resolution_problems
+            else Finding(
+                code="FM-07", severity=Severity.HIGH, title=f"{target.host} has no address to try"
+            )
         )
         secondary.extend(resolution_problems[1:])
     elif not failures:
