@@ -54,6 +54,18 @@ while True:
 """
 
 
+def free_port_everywhere() -> int:
+    """A port free on every address of both families right now: a dual-stack bind to
+    [::]:0 holds it on 0.0.0.0 and :: at once. Tests that check one family against
+    another use it, so that no other process's socket on the other family interferes."""
+    import socket
+
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        probe.bind(("::", 0))
+        return int(probe.getsockname()[1])
+
+
 def require_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces; CI runs as root")

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from portside.cli import main
-from tests.integration.netns import PYTHON, SERVER, namespace
+from tests.integration.netns import PYTHON, SERVER, free_port_everywhere, namespace
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux sockets and namespaces")
 
@@ -33,13 +33,6 @@ def doctor(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
 
 def codes(document: Any) -> list[str]:
     return [f["code"] for f in document["findings"]]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 class Server:
@@ -88,7 +81,7 @@ def test_a_healthy_http_server_is_ok_and_exit_0(capsys, server_factory):
 
 
 def test_nothing_listening_is_fm01(capsys):
-    port = free_port()
+    port = free_port_everywhere()
     code, document = doctor(capsys, f"127.0.0.1:{port}")
     assert code == 1
     assert document["verdict"]["code"] == "FM-01"
@@ -336,7 +329,7 @@ def test_an_nftables_drop_is_fm26_timeout(nft_available):
 
 
 def test_a_listener_only_in_another_namespace_is_fm29(capsys):
-    port = free_port()
+    port = free_port_everywhere()
     with namespace("ps-other") as ns:
         _, bound = ns.server("127.0.0.1", port)
         assert bound == port
