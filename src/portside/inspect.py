@@ -30,20 +30,40 @@ from portside.ports import KernelPortSettings
 _SENSITIVE_KINDS = frozenset({"service", "node-inspector", "dev-server"})
 
 
+_IDENTITY_CACHE: dict[tuple[int, float | None, int | None], Identity | None] = {}
+
+
+def _identity(owner: Owner, port: int) -> Identity | None:
+    """``identify`` with a cache: a program not recognised at all is not looked at again
+    for its other sockets (only a forwarder's target depends on the port)."""
+    process = owner.process
+    base_key = (process.pid, process.start_time, None)
+    if base_key not in _IDENTITY_CACHE:
+        _IDENTITY_CACHE[base_key] = identify(process)
+    if _IDENTITY_CACHE[base_key] is None:
+        return None
+    key = (process.pid, process.start_time, port)
+    if key not in _IDENTITY_CACHE:
+        _IDENTITY_CACHE[key] = identify(process, local_port=port)
+    return _IDENTITY_CACHE[key]
+
+
 def _with_identity(entry: SocketEntry, *, with_ancestors: bool) -> SocketEntry:
     from portside.processes import ancestors
 
     if not entry.owners:
         return entry
-    owners = tuple(
-        dataclasses.replace(
-            owner,
-            identity=owner.identity or identify(owner.process, local_port=entry.local.port),
-            ancestors=ancestors(owner.process) if with_ancestors else owner.ancestors,
-        )
-        for owner in entry.owners
-    )
-    return dataclasses.replace(entry, owners=owners)
+    owners = []
+    changed = False
+    for owner in entry.owners:
+        identity = owner.identity or _identity(owner, entry.local.port)
+        lineage = ancestors(owner.process) if with_ancestors else owner.ancestors
+        if identity is owner.identity and lineage is owner.ancestors:
+            owners.append(owner)
+            continue
+        owners.append(Owner(process=owner.process, identity=identity, ancestors=lineage))
+        changed = True
+    return dataclasses.replace(entry, owners=tuple(owners)) if changed else entry
 
 
 def with_identities(entries: Iterable[SocketEntry]) -> list[SocketEntry]:

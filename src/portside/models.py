@@ -217,16 +217,15 @@ def to_jsonable(obj: object) -> JSONValue:
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _encode(obj: object, memo: dict[int, JSONValue]) -> JSONValue:
-    if obj is None or (isinstance(obj, (bool, int, float)) and not isinstance(obj, enum.Enum)):
-        return obj
+    cls = type(obj)
+    if cls in _SCALARS:
+        return obj  # type: ignore[return-value]
     if isinstance(obj, enum.Enum):
         return _encode(obj.value, memo)
-    if isinstance(obj, str):
-        return obj
-    cls = type(obj)
     names = _FIELD_NAMES.get(cls)
     if names is None and dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(obj))
@@ -234,12 +233,20 @@ def _encode(obj: object, memo: dict[int, JSONValue]) -> JSONValue:
         key = id(obj)
         cached = memo.get(key)
         if cached is None:
-            cached = memo[key] = {name: _encode(getattr(obj, name), memo) for name in names}
+            scalars = _SCALARS
+            # Most fields are scalars: test inline and recurse only for the rest.
+            cached = memo[key] = {
+                name: value if type(value) in scalars else _encode(value, memo)
+                for name in names
+                for value in (getattr(obj, name),)
+            }
         return cached
+    if isinstance(obj, (str, int, float)):  # subclasses of the scalars
+        return obj
     if isinstance(obj, Mapping):
         return {str(k): _encode(v, memo) for k, v in obj.items()}
     if isinstance(obj, Sequence):
-        return [_encode(v, memo) for v in obj]
+        return [v if type(v) in _SCALARS else _encode(v, memo) for v in obj]
     raise TypeError(f"cannot encode {cls.__name__} as JSON")
 
 

@@ -20,7 +20,7 @@ import ipaddress
 import sys
 from functools import lru_cache
 
-from portside.addresses import exposure_of
+from portside.addresses import exposure_of, format_ip
 from portside.models import (
     KERNEL_TCP_STATES,
     Endpoint,
@@ -65,9 +65,9 @@ def ipv4_text(raw: bytes) -> str:
 
 @lru_cache(maxsize=4096)
 def ipv6_text(raw: bytes) -> str:
-    """Sixteen bytes in network order -> the normal text form (as :mod:`ipaddress` prints
-    it, so that it equals :func:`portside.addresses.normalise_ip`)."""
-    return str(ipaddress.IPv6Address(raw))
+    """Sixteen bytes in network order -> portside's normal text form
+    (:func:`portside.addresses.format_ip`: ``::1``, ``::ffff:127.0.0.1``)."""
+    return format_ip(ipaddress.IPv6Address(raw))
 
 
 #: The wildcard addresses as text; a remote endpoint there with port 0 is "no peer".

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import struct
 import sys
+from collections import namedtuple
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from portside.models import Endpoint, Family, NetNamespace, SocketEntry, SocketState, Transport
 from portside.procfs import (
@@ -61,7 +62,7 @@ INET_DIAG_CGROUP_ID = 21
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _REQ_V2 = struct.Struct("=BBBxI4s16s16sI8s")
-_DIAG_MSG = struct.Struct("=BBBB2s2s16s16sI8sIIIII")
+_DIAG_MSG = struct.Struct("=BBBBHH16s16sI8sIIIII")  # ports: network order, swapped below
 _RTATTR = struct.Struct("=HH")
 _BC_OP = struct.Struct("=BBH")
 _U64 = struct.Struct("=Q")
@@ -153,38 +154,48 @@ def dump_request(
     return header + body
 
 
-class DiagRecord(NamedTuple):
-    """One socket of a dump: ``struct inet_diag_msg`` plus the attributes portside uses.
+if TYPE_CHECKING:
 
-    Addresses are text (``"127.0.0.1"``, ``"::1"``); ports are host numbers. For a
-    listener ``rqueue`` is the accept-queue length and ``wqueue`` the backlog.
-    ``v6only`` is None unless the kernel sent INET_DIAG_SKV6ONLY (IPv6 LISTEN/CLOSE).
-    """
+    class DiagRecord(NamedTuple):
+        """One socket of a dump: ``struct inet_diag_msg`` plus the attributes portside
+        uses. Addresses are text (``"127.0.0.1"``, ``"::1"``); ports are host numbers. For
+        a listener ``rqueue`` is the accept-queue length and ``wqueue`` the backlog.
+        ``v6only`` is None unless the kernel sent INET_DIAG_SKV6ONLY (IPv6 LISTEN/CLOSE).
+        """
 
-    family: int
-    state: int
-    local_ip: str
-    local_port: int
-    remote_ip: str
-    remote_port: int
-    ifindex: int
-    rqueue: int
-    wqueue: int
-    uid: int
-    inode: int
-    v6only: bool | None
-    cgroup_id: int | None
-    shutdown: int | None
-    mark: int | None
+        family: int
+        state: int
+        local_ip: str
+        local_port: int
+        remote_ip: str
+        remote_port: int
+        ifindex: int
+        rqueue: int
+        wqueue: int
+        uid: int
+        inode: int
+        v6only: bool | None
+        cgroup_id: int | None
+        shutdown: int | None
+        mark: int | None
 
+    class DumpChunk(NamedTuple):
+        """What one received buffer held. ``done``: the dump ended (NLMSG_DONE, or an
+        NLMSG_ERROR). ``error``: the errno the kernel reported, 0 when none."""
 
-class DumpChunk(NamedTuple):
-    """What one received buffer held. ``done``: the dump ended (NLMSG_DONE, or an
-    NLMSG_ERROR). ``error``: the errno the kernel reported, 0 when none."""
+        records: list[DiagRecord]
+        done: bool
+        error: int
 
-    records: list[DiagRecord]
-    done: bool
-    error: int
+else:
+    # The same records without typing.NamedTuple's import-time cost (this module is on
+    # the path of every `portside who`); the classes above are what type checkers see.
+    DiagRecord = namedtuple(
+        "DiagRecord",
+        "family state local_ip local_port remote_ip remote_port ifindex rqueue wqueue uid inode"
+        " v6only cgroup_id shutdown mark",
+    )
+    DumpChunk = namedtuple("DumpChunk", "records done error")
 
 
 def _address(family: int, raw: bytes) -> str:
@@ -244,22 +255,25 @@ def _record(buffer: bytes, start: int, end: int) -> DiagRecord:
                 raise ValueError("short INET_DIAG_MARK")
             mark = int.from_bytes(buffer[data : data + 4], "little" if _NATIVE_LITTLE else "big")
         offset += _align(length)
+    if _NATIVE_LITTLE:
+        sport = ((sport & 0xFF) << 8) | (sport >> 8)
+        dport = ((dport & 0xFF) << 8) | (dport >> 8)
     return DiagRecord(
-        family=family,
-        state=state,
-        local_ip=_address(family, src),
-        local_port=int.from_bytes(sport, "big"),
-        remote_ip=_address(family, dst),
-        remote_port=int.from_bytes(dport, "big"),
-        ifindex=ifindex,
-        rqueue=rqueue,
-        wqueue=wqueue,
-        uid=uid,
-        inode=inode,
-        v6only=v6only,
-        cgroup_id=cgroup_id,
-        shutdown=shutdown,
-        mark=mark,
+        family,
+        state,
+        _address(family, src),
+        sport,
+        _address(family, dst),
+        dport,
+        ifindex,
+        rqueue,
+        wqueue,
+        uid,
+        inode,
+        v6only,
+        cgroup_id,
+        shutdown,
+        mark,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import select
 import shutil
 import socket
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from portside.addresses import normalise_ip
 from portside.errors import BackendUnavailableError
 from portside.models import (
     Endpoint,
@@ -55,6 +57,25 @@ def _has_ipv6() -> bool:
     return True
 
 
+Where = tuple[Transport, str, int]
+
+
+def where(sock: socket.socket) -> Where:
+    """(transport, normalised local ip, local port) of a socket of ours."""
+    transport = Transport.TCP if sock.type == socket.SOCK_STREAM else Transport.UDP
+    host, port = sock.getsockname()[:2]
+    ip = normalise_ip(host)
+    assert ip is not None
+    return transport, ip, int(port)
+
+
+def at(entries: list[SocketEntry], place: Where) -> list[SocketEntry]:
+    transport, ip, port = place
+    return [
+        e for e in entries if e.transport is transport and e.local.ip == ip and e.local.port == port
+    ]
+
+
 @dataclasses.dataclass
 class Zoo:
     """Real sockets of this process, by name."""
@@ -64,6 +85,14 @@ class Zoo:
 
     def port(self, name: str) -> int:
         return int(self.sockets[name].getsockname()[1])
+
+    def where(self, name: str) -> Where:
+        return where(self.sockets[name])
+
+    def places(self) -> set[Where]:
+        """Where every zoo socket is (ports alone may repeat across addresses and
+        transports, and other processes bind ports too)."""
+        return {where(sock) for sock in self.sockets.values()}
 
     def inode(self, name: str) -> int:
         return os.fstat(self.sockets[name].fileno()).st_ino
@@ -112,6 +141,18 @@ def open_zoo() -> Iterator[Zoo]:
         client.sendall(UNREAD)
         _ready(server)
         sockets["client"], sockets["server"] = client, server
+        if ipv6:
+            # IPv4 into the dual-stack listener: the server side is ::ffff:127.0.0.1.
+            dual = sockets["dual"]
+            mapped = stack.enter_context(
+                socket.create_connection(("127.0.0.1", dual.getsockname()[1]))
+            )
+            _ready(dual)
+            mapped_server, _ = dual.accept()
+            sockets["mapped_client"], sockets["mapped_server"] = (
+                mapped,
+                stack.enter_context(mapped_server),
+            )
         # ... and one more connection left waiting in tcp4's accept queue.
         sockets["pending"] = stack.enter_context(socket.create_connection(listener.getsockname()))
         _ready(listener)
@@ -152,19 +193,13 @@ def table(zoo: Zoo, backend: SocketBackend) -> list[SocketEntry]:
 
 
 def find(
-    table: list[SocketEntry], transport: Transport, port: int, *, state: SocketState | None = None
+    table: list[SocketEntry], place: Where, *, state: SocketState | None = None
 ) -> list[SocketEntry]:
-    return [
-        e
-        for e in table
-        if e.transport is transport and e.local.port == port and (state is None or e.state is state)
-    ]
+    return [e for e in at(table, place) if state is None or e.state is state]
 
 
-def the_one(
-    table: list[SocketEntry], transport: Transport, port: int, state: SocketState
-) -> SocketEntry:
-    found = find(table, transport, port, state=state)
+def the_one(table: list[SocketEntry], place: Where, state: SocketState) -> SocketEntry:
+    found = find(table, place, state=state)
     assert len(found) == 1, found
     return found[0]
 
@@ -191,7 +226,7 @@ def test_tcp_listeners_are_found_with_their_address_and_owner(
 ):
     if name not in zoo.sockets:
         pytest.skip("IPv6 is not available here")
-    entry = the_one(table, Transport.TCP, zoo.port(name), SocketState.LISTEN)
+    entry = the_one(table, zoo.where(name), SocketState.LISTEN)
     assert entry.family is family
     assert entry.local == Endpoint(ip=ip, port=zoo.port(name))
     assert entry.remote is None
@@ -203,7 +238,7 @@ def test_tcp_listeners_are_found_with_their_address_and_owner(
 def test_udp_sockets_are_unconnected(zoo, table, name, ip):
     if name not in zoo.sockets:
         pytest.skip("IPv6 is not available here")
-    entry = the_one(table, Transport.UDP, zoo.port(name), SocketState.UNCONNECTED)
+    entry = the_one(table, zoo.where(name), SocketState.UNCONNECTED)
     assert entry.local.ip == ip
     assert entry.family is (Family.IPV6 if ":" in ip else Family.IPV4)
     assert entry.remote is None
@@ -212,16 +247,34 @@ def test_udp_sockets_are_unconnected(zoo, table, name, ip):
 
 def test_an_established_pair_has_both_ends(zoo, table):
     client_port, server_port = zoo.port("client"), zoo.port("tcp4")
-    client = the_one(table, Transport.TCP, client_port, SocketState.ESTABLISHED)
+    [client] = [
+        e
+        for e in find(table, zoo.where("client"), state=SocketState.ESTABLISHED)
+        if e.remote == Endpoint(ip="127.0.0.1", port=server_port)
+    ]
     assert client.remote == Endpoint(ip="127.0.0.1", port=server_port)
     owned_by_us(client)
     server = [
         e
-        for e in find(table, Transport.TCP, server_port, state=SocketState.ESTABLISHED)
+        for e in find(table, zoo.where("tcp4"), state=SocketState.ESTABLISHED)
         if e.remote == Endpoint(ip="127.0.0.1", port=client_port)
     ]
     assert len(server) == 1
     owned_by_us(server[0])
+
+
+def test_an_ipv4_peer_of_a_dual_stack_listener_is_v4_mapped(zoo, table):
+    if not zoo.ipv6:
+        pytest.skip("IPv6 is not available here")
+    assert zoo.where("mapped_server") == (Transport.TCP, "::ffff:127.0.0.1", zoo.port("dual"))
+    [server] = [
+        e
+        for e in find(table, zoo.where("mapped_server"), state=SocketState.ESTABLISHED)
+        if e.remote == Endpoint(ip="::ffff:127.0.0.1", port=zoo.port("mapped_client"))
+    ]
+    assert server.family is Family.IPV6
+    assert server.exposure is Exposure.LOOPBACK
+    owned_by_us(server)
 
 
 def test_a_bound_tcp_socket_is_bound(zoo, table, backend):
@@ -229,7 +282,7 @@ def test_a_bound_tcp_socket_is_bound(zoo, table, backend):
         pytest.skip(
             f"{backend.name} cannot see bound-only TCP sockets (/proc/net/tcp lists only hashed ones)"
         )
-    entry = the_one(table, Transport.TCP, zoo.port("bound"), SocketState.BOUND)
+    entry = the_one(table, zoo.where("bound"), SocketState.BOUND)
     assert entry.local == Endpoint(ip="127.0.0.1", port=zoo.port("bound"))
     owned_by_us(entry)
 
@@ -241,9 +294,8 @@ def test_state_filters_keep_only_those_states(zoo, backend):
         owners=False,
         backend=backend,
     )
-    assert [(e.transport, e.state, e.local.port) for e in found] == [
-        (Transport.TCP, SocketState.LISTEN, port)
-    ]
+    assert {e.state for e in found} == {SocketState.LISTEN}
+    assert [e.state for e in at(found, zoo.where("tcp4"))] == [SocketState.LISTEN]
 
 
 def test_transport_filters_keep_only_that_transport(zoo, backend):
@@ -253,13 +305,14 @@ def test_transport_filters_keep_only_that_transport(zoo, backend):
         backend=backend,
     )
     assert {e.transport for e in found} == {Transport.UDP}
-    assert [e.local.ip for e in found] == ["127.0.0.1"]
+    assert len(at(found, zoo.where("udp4"))) == 1
 
 
 def test_port_sockets_has_every_state_on_the_port(zoo, backend):
     port = zoo.port("tcp4")
-    found = port_sockets(port, namespaces=False, backend=backend)
-    assert {e.local.port for e in found} == {port}
+    everything = port_sockets(port, namespaces=False, backend=backend)
+    assert {e.local.port for e in everything} == {port}
+    found = at(everything, zoo.where("tcp4"))
     states = sorted(e.state for e in found)
     # the listener, the accepted connection, the one in the accept queue
     assert states == [SocketState.ESTABLISHED, SocketState.ESTABLISHED, SocketState.LISTEN]
@@ -269,12 +322,16 @@ def test_port_sockets_has_every_state_on_the_port(zoo, backend):
 
 def test_listeners_are_tcp_listen_and_udp_unconnected_sorted(zoo, backend):
     ours = {
-        zoo.port(name)
+        zoo.where(name)
         for name in zoo.sockets
-        if name not in ("client", "server", "pending", "bound")
+        if name not in ("client", "server", "pending", "bound", "mapped_client", "mapped_server")
     }
-    found = [e for e in listeners(namespaces=False, backend=backend) if e.local.port in ours]
-    assert {e.local.port for e in found} == ours
+    found = [
+        e
+        for e in listeners(namespaces=False, backend=backend)
+        if (e.transport, e.local.ip, e.local.port) in ours
+    ]
+    assert {(e.transport, e.local.ip, e.local.port) for e in found} == ours
     assert all(
         (e.transport, e.state)
         in {(Transport.TCP, SocketState.LISTEN), (Transport.UDP, SocketState.UNCONNECTED)}
@@ -285,7 +342,10 @@ def test_listeners_are_tcp_listen_and_udp_unconnected_sorted(zoo, backend):
 
 
 def test_without_owners_nothing_is_looked_up(zoo, backend):
-    found = socket_table(SocketQuery(port=zoo.port("tcp4b")), owners=False, backend=backend)
+    found = at(
+        socket_table(SocketQuery(port=zoo.port("tcp4b")), owners=False, backend=backend),
+        zoo.where("tcp4b"),
+    )
     assert len(found) == 1
     if backend.name == "psutil":
         assert found[0].owner_status is OwnerStatus.FOUND  # psutil learns owners for free
@@ -300,17 +360,14 @@ def test_a_closed_connection_lingers_in_time_wait_held_by_the_kernel(backend):
         _ready(listener)
         server, _ = listener.accept()
         port = client.getsockname()[1]
+        place = where(client)
         client.close()  # the active closer ends in TIME_WAIT
         _ready(server)
         assert server.recv(1) == b""
         server.close()
         deadline = time.monotonic() + 5
         while True:  # polls the kernel's state, not a guess at how long it takes
-            found = [
-                e
-                for e in socket_table(SocketQuery(port=port), backend=backend)
-                if e.transport is Transport.TCP
-            ]
+            found = at(socket_table(SocketQuery(port=port), backend=backend), place)
             if [e.state for e in found] == [SocketState.TIME_WAIT] or time.monotonic() > deadline:
                 break
     assert [e.state for e in found] == [SocketState.TIME_WAIT]
@@ -322,7 +379,7 @@ def test_a_closed_connection_lingers_in_time_wait_held_by_the_kernel(backend):
 
 
 def test_uid_and_inode(zoo, table, backend):
-    entry = the_one(table, Transport.TCP, zoo.port("tcp4"), SocketState.LISTEN)
+    entry = the_one(table, zoo.where("tcp4"), SocketState.LISTEN)
     if backend.name == "psutil":
         assert (entry.uid, entry.inode) == (None, None)
     else:
@@ -331,11 +388,11 @@ def test_uid_and_inode(zoo, table, backend):
 
 
 def test_listener_queues(zoo, table, backend):
-    listener = the_one(table, Transport.TCP, zoo.port("tcp4"), SocketState.LISTEN)
+    listener = the_one(table, zoo.where("tcp4"), SocketState.LISTEN)
     client_port = zoo.port("client")
     [server] = [
         e
-        for e in find(table, Transport.TCP, zoo.port("tcp4"), state=SocketState.ESTABLISHED)
+        for e in find(table, zoo.where("tcp4"), state=SocketState.ESTABLISHED)
         if e.remote and e.remote.port == client_port
     ]
     if backend.name == "psutil":
@@ -350,9 +407,9 @@ def test_listener_queues(zoo, table, backend):
 def test_v6only_is_told_apart_by_netlink(zoo, table, backend):
     if not zoo.ipv6:
         pytest.skip("IPv6 is not available here")
-    dual = the_one(table, Transport.TCP, zoo.port("dual"), SocketState.LISTEN)
-    v6only = the_one(table, Transport.TCP, zoo.port("v6only"), SocketState.LISTEN)
-    v4 = the_one(table, Transport.TCP, zoo.port("tcp4"), SocketState.LISTEN)
+    dual = the_one(table, zoo.where("dual"), SocketState.LISTEN)
+    v6only = the_one(table, zoo.where("v6only"), SocketState.LISTEN)
+    v4 = the_one(table, zoo.where("tcp4"), SocketState.LISTEN)
     assert v4.v6only is None
     if backend.name == "netlink":
         assert (dual.v6only, v6only.v6only) == (False, True)
@@ -374,7 +431,7 @@ def _our_cgroup_inode() -> int | None:
 
 
 def test_cgroup_id_is_the_cgroup_of_the_creator(zoo, table, backend):
-    entry = the_one(table, Transport.TCP, zoo.port("tcp4"), SocketState.LISTEN)
+    entry = the_one(table, zoo.where("tcp4"), SocketState.LISTEN)
     if backend.name != "netlink":
         assert entry.cgroup_id is None
         return
@@ -392,15 +449,19 @@ def test_a_socket_bound_to_a_device_names_it(backend):
             pytest.skip("SO_BINDTODEVICE needs CAP_NET_RAW here")
         sock.bind(("127.0.0.1", 0))
         sock.listen()
-        [entry] = socket_table(
-            SocketQuery(port=sock.getsockname()[1]), owners=False, backend=backend
+        [entry] = at(
+            socket_table(SocketQuery(port=sock.getsockname()[1]), owners=False, backend=backend),
+            where(sock),
         )
     assert entry.interface == ("lo" if backend.name == "netlink" else None)
 
 
 def test_namespaces_label_our_entries_with_the_host_namespace(zoo, backend):
-    found = socket_table(
-        SocketQuery(port=zoo.port("tcp4b")), owners=False, namespaces=True, backend=backend
+    found = at(
+        socket_table(
+            SocketQuery(port=zoo.port("tcp4b")), owners=False, namespaces=True, backend=backend
+        ),
+        zoo.where("tcp4b"),
     )
     assert len(found) == 1
     netns = found[0].netns
@@ -429,9 +490,10 @@ def test_a_socket_in_flight_in_a_unix_message_is_held_by_no_process(backend):
     with left, right:
         listener = socket.create_server(("127.0.0.1", 0))
         port = listener.getsockname()[1]
+        place = where(listener)
         socket.send_fds(left, [b"x"], [listener.fileno()])
         listener.close()
-        [entry] = socket_table(SocketQuery(port=port), backend=backend)
+        [entry] = at(socket_table(SocketQuery(port=port), backend=backend), place)
     assert entry.state is SocketState.LISTEN
     assert entry.owner_status is OwnerStatus.NOT_VISIBLE
     assert entry.owners == ()
@@ -511,7 +573,7 @@ def test_another_users_socket_is_found_reading_only_that_users_processes():
         )
         assert scan.processes_read <= others + 2  # + processes that came and went
         assert scan.processes_read < scan.processes_seen
-        [entry] = socket_table(SocketQuery(port=port))
+        [entry] = at(socket_table(SocketQuery(port=port)), (Transport.TCP, "127.0.0.1", port))
         assert entry.uid == NOBODY
         assert [o.process.pid for o in entry.owners] == [pid]
     finally:
@@ -540,7 +602,9 @@ def test_a_socket_passed_to_another_user_is_still_found():
                 assert os.fstat(received.fileno()).st_ino == inode
                 scan = scan_holders({inode: (NOBODY, None)})
                 assert scan.holders == {inode: (os.getpid(),)}
-                [entry] = socket_table(SocketQuery(port=port))
+                [entry] = at(
+                    socket_table(SocketQuery(port=port)), (Transport.TCP, "127.0.0.1", port)
+                )
                 assert entry.uid == NOBODY
                 assert entry.owner_status is OwnerStatus.FOUND
                 assert [o.process.pid for o in entry.owners] == [os.getpid()]
@@ -577,8 +641,16 @@ def test_a_socket_of_a_child_cgroup_is_found_reading_only_that_cgroup():
         child.stdin.write("go\n")
         child.stdin.flush()
         pid, port, inode = (int(word) for word in child.stdout.readline().split())
-        [entry] = socket_table(SocketQuery(port=port), owners=False)
+        [entry] = at(
+            socket_table(SocketQuery(port=port), owners=False), (Transport.TCP, "127.0.0.1", port)
+        )
         assert entry.cgroup_id == os.stat(path).st_ino
+        if shutil.which("ss"):  # ss -e names the same cgroup, by path
+            shown = subprocess.run(
+                ["ss", "-tlnHe", f"sport = :{port}"], capture_output=True, text=True, check=True
+            ).stdout
+            [cgroup_path] = re.findall(r"cgroup:(\S+)", shown)
+            assert os.stat(mount[0] + cgroup_path).st_ino == entry.cgroup_id
         scan = scan_holders({inode: (entry.uid, entry.cgroup_id)})
         assert scan.holders == {inode: (pid,)}
         assert scan.processes_read <= 3  # the child (+ processes that came and went)
@@ -586,3 +658,58 @@ def test_a_socket_of_a_child_cgroup_is_found_reading_only_that_cgroup():
     finally:
         _stop(child)
         os.rmdir(path)
+
+
+def test_a_socket_shared_with_a_child_process_lists_both_holders(backend):
+    """A pre-fork server: the listener is open in the parent and in the child."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            pass_fds=(listener.fileno(),),
+        )
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline() == "ready\n"
+            port = listener.getsockname()[1]
+            [entry] = at(socket_table(SocketQuery(port=port), backend=backend), where(listener))
+            assert entry.owner_status is OwnerStatus.FOUND
+            pids = [o.process.pid for o in entry.owners]
+            if backend.name == "psutil":
+                # psutil.net_connections reports one process per socket inode
+                assert len(pids) == 1
+                assert pids[0] in (os.getpid(), child.pid)
+            else:
+                assert pids == sorted([os.getpid(), child.pid])
+        finally:
+            _stop(child)
+
+
+def test_nothing_wanted_reads_nothing():
+    from portside.sockets._owners import scan_holders
+
+    assert scan_holders({}) == ({}, 0, 0)
+
+
+def test_the_facade_and_the_linux_path_import_nothing_heavy():
+    probe = (
+        "import sys\n"
+        "from portside.sockets import port_sockets\n"
+        "port_sockets(1, backend=None)\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PORTSIDE_BACKEND": "netlink"},
+    )
+    loaded = set(done.stdout.split())
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "portside.sockets._netlink" in loaded
+    for heavy in ("psutil", "asyncio", "rich"):
+        assert heavy not in loaded
+        assert heavy not in imported

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from portside.addresses import normalise_ip
 from portside.models import Endpoint, SocketEntry, SocketState, Transport
 from portside.sockets import SocketBackend, port_sockets, socket_table
 from tests.contract.test_socket_backends import Zoo, open_zoo
@@ -64,7 +65,8 @@ def _endpoint(text: str) -> Endpoint | None:
         host = host[1:-1]
     if host == "*":
         host = "::"
-    ip = str(ipaddress.ip_address(host))
+    ip = normalise_ip(host)
+    assert ip is not None, text
     number = 0 if port == "*" else int(port)
     return Endpoint(ip=ip, port=number)
 
@@ -121,14 +123,18 @@ def key(transport: Transport, local: Endpoint, remote: Endpoint | None) -> tuple
     return (transport, local, remote)
 
 
-def ours(zoo: Zoo) -> set[int]:
-    return {zoo.port(name) for name in zoo.sockets}
+def is_ours(zoo: Zoo, inode: int | None, remote: Endpoint | None) -> bool:
+    """A zoo socket: one of our fds, or the connection still in tcp4's accept queue
+    (no inode yet; its peer is our "pending" client)."""
+    inodes = {zoo.inode(name) for name in zoo.sockets}
+    _transport, ip, port = zoo.where("pending")
+    return inode in inodes or (inode == 0 and remote == Endpoint(ip=ip, port=port))
 
 
 def compare(zoo: Zoo, backend: SocketBackend | None, *, netlink_fields: bool) -> None:
-    table = [e for e in socket_table(backend=backend) if e.local.port in ours(zoo)]
+    table = [e for e in socket_table(backend=backend) if is_ours(zoo, e.inode, e.remote)]
     done = subprocess.run(["ss", "-tanuepH"], capture_output=True, text=True, check=True)
-    rows = [r for r in parse_ss(done.stdout) if r.local.port in ours(zoo)]
+    rows = [r for r in parse_ss(done.stdout) if is_ours(zoo, r.inode, r.remote)]
     # ss (iproute2 6.1) does not ask for bound-only TCP sockets; everything else must match.
     ss_by_key = {key(r.transport, r.local, r.remote): r for r in rows}
     mine: dict[tuple[object, ...], SocketEntry] = {
@@ -136,7 +142,7 @@ def compare(zoo: Zoo, backend: SocketBackend | None, *, netlink_fields: bool) ->
     }
     assert len(mine) == len([e for e in table if e.state is not SocketState.BOUND])
     assert set(mine) == set(ss_by_key)
-    assert len(rows) == (12 if zoo.ipv6 else 8)
+    assert len(rows) == (14 if zoo.ipv6 else 8)
     for k, row in ss_by_key.items():
         entry = mine[k]
         assert entry.state is row.state, k
@@ -164,7 +170,11 @@ def test_procfs_table_matches_ss_where_procfs_knows(zoo):
 
 def test_our_sockets_are_held_by_us_in_ss_too(zoo):
     done = subprocess.run(["ss", "-tanuepH"], capture_output=True, text=True, check=True)
-    rows = [r for r in parse_ss(done.stdout) if r.local.port == zoo.port("tcp4")]
+    rows = [
+        r
+        for r in parse_ss(done.stdout)
+        if (r.transport, r.local.ip, r.local.port) == zoo.where("tcp4")
+    ]
     assert {r.state for r in rows} == {SocketState.LISTEN, SocketState.ESTABLISHED}
     assert all(r.pids in ((os.getpid(),), ()) for r in rows)
     assert any(r.pids == (os.getpid(),) for r in rows)
@@ -176,8 +186,12 @@ def test_the_kernel_port_filter_matches_the_ss_filter(zoo):
     done = subprocess.run(
         ["ss", "-tanuepH", f"sport = :{port}"], capture_output=True, text=True, check=True
     )
-    rows = parse_ss(done.stdout)
+    place = zoo.where("tcp4")
+    rows = [r for r in parse_ss(done.stdout) if (r.transport, r.local.ip, r.local.port) == place]
+    mine = [e for e in found if (e.transport, e.local.ip, e.local.port) == place]
     assert len(rows) == 3  # the listener, the accepted connection, the queued one
-    assert Counter((e.state, e.remote, e.inode) for e in found) == Counter(
+    assert Counter((e.state, e.remote, e.inode) for e in mine) == Counter(
         (r.state, r.remote, r.inode) for r in rows
     )
+    # everything on the port, whatever its address, in both
+    assert {e.inode for e in found} == {r.inode for r in parse_ss(done.stdout)}

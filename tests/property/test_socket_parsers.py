@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portside.addresses import exposure_of, normalise_ip
+from portside.addresses import exposure_of, format_ip, normalise_ip
 from portside.models import KERNEL_TCP_STATES, Endpoint, Family, SocketState, Transport
 from portside.procfs import decode_address, parse_proc_net
 from portside.sockdiag import AF_INET, AF_INET6, dump_request, parse_dump
@@ -80,12 +80,12 @@ def test_well_formed_lines_round_trip(local, ports, state, queues, uid, inode, d
         f"{queues[0]:08X}:{queues[1]:08X} 00:00000000 00000000 {uid:>5} 0 {inode} 1 0000000000000000"
     )
     [entry] = parse_proc_net(HEADER + "\n" + line + "\n", Transport.TCP, family)
-    assert entry.local == Endpoint(ip=str(local), port=ports[0])
+    assert entry.local == Endpoint(ip=format_ip(local), port=ports[0])
     assert entry.local.ip == normalise_ip(str(local))
     if remote.is_unspecified and ports[1] == 0:
         assert entry.remote is None
     else:
-        assert entry.remote == Endpoint(ip=str(remote), port=ports[1])
+        assert entry.remote == Endpoint(ip=format_ip(remote), port=ports[1])
     assert entry.state is KERNEL_TCP_STATES[state]
     assert (entry.uid, entry.inode) == (uid, inode)
     assert entry.exposure is exposure_of(str(local))
@@ -98,7 +98,9 @@ def test_well_formed_lines_round_trip(local, ports, state, queues, uid, inode, d
 @little_endian_only
 @given(ip=st.ip_addresses(v=6), port=st.integers(0, 65535))
 def test_ipv6_decode_inverts_kernel_encoding(ip, port):
-    assert decode_address(kernel_hex(str(ip), port), Family.IPV6) == Endpoint(ip=str(ip), port=port)
+    assert decode_address(kernel_hex(str(ip), port), Family.IPV6) == Endpoint(
+        ip=format_ip(ip), port=port
+    )
 
 
 # --- sock_diag buffers ------------------------------------------------------------------
@@ -170,7 +172,7 @@ def test_a_well_formed_record_round_trips(family, local, port, values, cgroup):
     )
     [record] = parse_dump(nlmsg(20, payload)).records
     expected_ip = ipaddress.ip_address(local[:4] if family == AF_INET else local)
-    assert record.local_ip == str(expected_ip)
+    assert record.local_ip == format_ip(expected_ip)
     assert (record.local_port, record.ifindex, record.rqueue, record.wqueue) == (
         port,
         ifindex,

@@ -82,7 +82,7 @@ def test_ipv6_wildcard_loopback_and_global_listeners():
     assert [e.local for e in entries] == [
         Endpoint(ip="::", port=8081),
         Endpoint(ip="::1", port=41183),
-        Endpoint(ip="::ffff:7f00:1", port=8081),
+        Endpoint(ip="::ffff:127.0.0.1", port=8081),
         Endpoint(ip="2001:db8::1", port=443),
     ]
     assert [e.exposure for e in entries] == [
@@ -100,7 +100,7 @@ def test_ipv6_wildcard_loopback_and_global_listeners():
 def test_v4_mapped_established_keeps_the_ipv6_form():
     entry = parse("tcp6.txt", Transport.TCP, Family.IPV6)[2]
     assert entry.state is SocketState.ESTABLISHED
-    assert entry.remote == Endpoint(ip="::ffff:7f00:1", port=57786)
+    assert entry.remote == Endpoint(ip="::ffff:127.0.0.1", port=57786)
     assert (entry.recv_queue, entry.send_queue) == (7, 0)
     assert entry.inode == 13417
 

@@ -19,7 +19,12 @@ Row = Sequence[str]
 
 
 def print_json(kind: str, payload: object) -> None:
-    sys.stdout.write(json.dumps(json_document(kind, payload), indent=2) + "\n")
+    """One JSON document: indented on a terminal, compact (the C encoder) in a pipe."""
+    document = json_document(kind, payload)
+    if sys.stdout.isatty():
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        sys.stdout.write(json.dumps(document, separators=(",", ":")) + "\n")
 
 
 def use_colour(no_color: bool) -> bool:

@@ -38,7 +38,9 @@ from portside.errors import UsageError
 ANY_HOST = "*"
 SOURCES = ("cli", "file", "registry")
 
-_NAME = re.compile(r"^(?:\*\.)?(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+_NAME = re.compile(
+    r"^(?:\*\.)?(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$"
+)
 
 
 class Balance(enum.StrEnum):
@@ -241,7 +243,9 @@ class RouteTable:
         """Replace every route of ``source`` at once (each route must carry that source)."""
         new = _checked(routes)
         if any(r.source != source for r in new):
-            raise ValueError(f"every route given to replace_source({source!r}) must have that source")
+            raise ValueError(
+                f"every route given to replace_source({source!r}) must have that source"
+            )
         self._sources[source] = {r.key: r for r in new}
         self._publish()
 
@@ -373,8 +377,12 @@ def parse_config(text: str, *, source: str = "file") -> ProxyConfig:
         backends = item.get("backends")
         if isinstance(backends, str):
             backends = [backends]
-        if not isinstance(backends, list) or not backends or not all(isinstance(b, str) for b in backends):
-            raise ConfigError(f"{where}: backends = [\"127.0.0.1:3000\", ...] is required")
+        if (
+            not isinstance(backends, list)
+            or not backends
+            or not all(isinstance(b, str) for b in backends)
+        ):
+            raise ConfigError(f'{where}: backends = ["127.0.0.1:3000", ...] is required')
         health = default_health
         if "health" in item:
             health = _health(item["health"], f"{where}.health", base=default_health)
@@ -413,7 +421,9 @@ def parse_config(text: str, *, source: str = "file") -> ProxyConfig:
 def _only(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(table) - allowed)
     if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(allowed))}")
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(allowed))}"
+        )
 
 
 def _table(value: object, where: str) -> dict[str, Any]:
@@ -432,11 +442,16 @@ def _balance(value: object, where: str) -> Balance:
     try:
         return Balance(str(value))
     except ValueError:
-        raise ConfigError(f"{where}: balance is \"round-robin\" or \"least-connections\"") from None
+        raise ConfigError(f'{where}: balance is "round-robin" or "least-connections"') from None
 
 
 def _number(value: object, where: str, *, minimum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < minimum
+    ):
         raise ConfigError(f"{where} must be a number >= {minimum}")
     return float(value)
 

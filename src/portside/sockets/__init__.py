@@ -13,6 +13,7 @@ Importing this package is cheap: backends, psutil and ctypes load only when used
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Callable, Iterable
 
@@ -46,25 +47,34 @@ _LISTENING = frozenset({SocketState.LISTEN, SocketState.UNCONNECTED})
 
 def _gather(backend: SocketBackend, query: SocketQuery, namespaces: bool) -> list[SocketEntry]:
     """The backend's entries; with ``namespaces`` labelled, plus every other visible
-    namespace's (what cannot be entered is skipped quietly)."""
-    if not namespaces or sys.platform != "linux":
-        return backend.entries(query)
-    from portside.sockets._namespaces import current_namespace, other_namespaces
+    namespace's (what cannot be entered is skipped quietly). Namespaces are Linux's."""
+    if sys.platform == "linux":
+        if namespaces:
+            return _gather_namespaces(backend, query)
+    return backend.entries(query)
 
-    host = current_namespace()
-    if host is None:
-        return backend.entries(query)
-    try:
-        entries = backend.entries_in_namespace(host, None, query)
-    except BackendUnavailableError:
-        # This backend cannot look into namespaces (psutil): label ours, and stop there.
-        return [dataclasses.replace(entry, netns=host) for entry in backend.entries(query)]
-    for namespace, pid in other_namespaces(host):
+
+if sys.platform == "linux":  # network namespaces are Linux's; mypy skips this elsewhere
+
+    def _gather_namespaces(backend: SocketBackend, query: SocketQuery) -> list[SocketEntry]:
+        from portside.sockets._namespaces import current_namespace, other_namespaces
+
+        host = current_namespace()
+        if host is None:
+            return backend.entries(query)
         try:
-            entries.extend(backend.entries_in_namespace(namespace, pid, query))
-        except (AccessDeniedError, BackendUnavailableError, OSError):
-            continue  # not ours to see (no root), or gone meanwhile
-    return entries
+            entries = backend.entries_in_namespace(host, None, query)
+        except BackendUnavailableError:
+            # This backend cannot look into namespaces (psutil): label ours, and stop there.
+            return [dataclasses.replace(entry, netns=host) for entry in backend.entries(query)]
+        if os.geteuid() != 0:
+            return entries  # entering another namespace needs CAP_SYS_ADMIN: do not look
+        for namespace, pid in other_namespaces(host):
+            try:
+                entries.extend(backend.entries_in_namespace(namespace, pid, query))
+            except (AccessDeniedError, BackendUnavailableError, OSError):
+                continue  # not ours to see (no root), or gone meanwhile
+        return entries
 
 
 def _table(
@@ -78,10 +88,11 @@ def _table(
     entries = _gather(backend or select_backend(), query, namespaces)
     if keep is not None:
         entries = [entry for entry in entries if keep(entry)]
-    if owners and sys.platform == "linux":
-        from portside.sockets._owners import attach_owners
+    if sys.platform == "linux":
+        if owners:
+            from portside.sockets._owners import attach_owners
 
-        entries = attach_owners(entries)
+            entries = attach_owners(entries)
     return entries
 
 

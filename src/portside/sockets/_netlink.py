@@ -8,9 +8,10 @@ a hash walk and us a handful of records. All the format code is in
 
 from __future__ import annotations
 
+import _socket
 import errno
-import socket
 import sys
+from functools import lru_cache
 
 from portside.errors import AccessDeniedError, BackendUnavailableError
 from portside.models import NetNamespace, SocketEntry, Transport
@@ -35,8 +36,12 @@ _RECV_BYTES = 65536
 _NO_IPV6 = (errno.ENOENT, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT)
 
 
-def _open() -> socket.socket:
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+def _open() -> _socket.socket:
+    # _socket, not socket: the wrapper module costs milliseconds to import and adds
+    # nothing to a datagram socket that only sends and receives bytes.
+    sock = _socket.socket(
+        _socket.AF_NETLINK, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG
+    )
     try:
         sock.bind((0, 0))
     except BaseException:
@@ -45,7 +50,7 @@ def _open() -> socket.socket:
     return sock
 
 
-def _dump(sock: socket.socket, request: bytes) -> list[DiagRecord]:
+def _dump(sock: _socket.socket, request: bytes) -> list[DiagRecord]:
     sock.send(request)
     records: list[DiagRecord] = []
     while True:
@@ -65,7 +70,7 @@ def _interface_names(records: list[DiagRecord]) -> dict[int, str]:
         index = record.ifindex
         if index and index not in names:
             try:
-                names[index] = socket.if_indextoname(index)
+                names[index] = _socket.if_indextoname(index)
             except OSError:
                 names[index] = str(index)  # the device went away since
     return names
@@ -88,7 +93,7 @@ def query_entries(query: SocketQuery, netns: NetNamespace | None = None) -> list
         raise AccessDeniedError("the kernel socket table (NETLINK_SOCK_DIAG)") from error
     except OSError as error:
         raise BackendUnavailableError("netlink", str(error)) from error
-    with sock:
+    try:
         seq = 0
         for transport, mask in plan:
             protocol = _PROTOCOLS[transport]
@@ -103,10 +108,27 @@ def query_entries(query: SocketQuery, netns: NetNamespace | None = None) -> list
                     raise BackendUnavailableError("netlink", str(error)) from error
                 names = _interface_names(records)
                 for record in records:
-                    entry = to_entry(record, transport, interface=names.get(record.ifindex), netns=netns)
+                    entry = to_entry(
+                        record, transport, interface=names.get(record.ifindex), netns=netns
+                    )
                     if entry is not None:
                         entries.append(entry)
+    finally:
+        sock.close()
     return entries
+
+
+@lru_cache(maxsize=1)
+def _answers() -> bool:
+    try:
+        sock = _open()
+        try:
+            _dump(sock, dump_request(AF_INET, IPPROTO_TCP, 0))  # no states: an empty dump
+        finally:
+            sock.close()
+    except OSError:
+        return False
+    return True
 
 
 class NetlinkBackend:
@@ -114,26 +136,17 @@ class NetlinkBackend:
 
     name = "netlink"
 
-    def __init__(self) -> None:
-        self._available: bool | None = None
-
     def is_available(self) -> bool:
-        """Whether this kernel answers sock_diag requests (it may be compiled out or
-        blocked by a seccomp filter)."""
-        if self._available is None:
-            try:
-                with _open() as sock:
-                    _dump(sock, dump_request(AF_INET, IPPROTO_TCP, 0))
-            except OSError:
-                self._available = False
-            else:
-                self._available = True
-        return self._available
+        """Whether this kernel answers sock_diag requests (it may be compiled out, or
+        blocked by a seccomp filter). Asked once per process."""
+        return _answers()
 
     def entries(self, query: SocketQuery) -> list[SocketEntry]:
         return query_entries(query)
 
-    def entries_in_namespace(self, namespace: NetNamespace, pid: int | None, query: SocketQuery) -> list[SocketEntry]:
+    def entries_in_namespace(
+        self, namespace: NetNamespace, pid: int | None, query: SocketQuery
+    ) -> list[SocketEntry]:
         if namespace.is_current:
             return query_entries(query, namespace)
         from portside.sockets._namespaces import NamespaceGoneError, run_in_namespace

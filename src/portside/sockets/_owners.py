@@ -4,20 +4,24 @@ The kernel does not say which process holds a socket; the only way is to read th
 tables, which is what ``ss -p`` and ``lsof`` do for *every* process. We read fewer:
 
 * A socket's uid is the (fs)uid of the process that created it. A socket of a non-root
-  user is first looked for in that user's processes (``/proc/PID`` belongs to the
+  user is first looked for in that user's processes (``/proc/PID/fd`` belongs to the
   process's uid).
-* A socket's cgroup v2 id is the inode of the cgroup directory of its creator. When the
+* A socket's cgroup v2 id is the inode of its creator's cgroup directory. When the
   kernel gave one (netlink) and it is not the root cgroup, the socket is first looked
-  for in the processes of that cgroup (``0::/path`` in ``/proc/PID/cgroup``, resolved
-  under the cgroup2 mount).
-* Reading a process's fds stops as soon as every socket it could matter for was found.
+  for in the processes listed in that directory's ``cgroup.procs`` (found by walking the
+  cgroup2 mount: directory entries carry the inode, so no stat is needed).
+* Reading a process's fds stops as soon as every socket it could matter for was found;
+  a process without fds (kernel threads, zombies) is not read at all. On Linux 6.2+ the
+  size of ``/proc/PID/fd`` is the number of open fds, so one stat gives the owner uid
+  and the count, and the fds are read by number without listing the directory.
 
 Narrowing is a search order, not a verdict: a socket not found among its likely holders
 is looked for in every other process before it is called not visible (fds can be passed
-over unix sockets, inherited across setuid, or outlive a cgroup move). The one thing the
-narrowing can miss is a *further* holder outside the likely set when one inside was
-found (a socket passed to a process of another user or cgroup and still open in its
-creator); we accept that for a scan that reads a few processes instead of all.
+over unix sockets, inherited across setuid, or outlive a cgroup move). What narrowing
+can miss is a *further* holder outside the likely set when one inside was found (a
+socket passed to a process of another user or cgroup and still open in its creator); we
+accept that for a scan that reads a few processes instead of all of them. Sockets of
+root in the root cgroup cannot be narrowed: every process is read.
 """
 
 from __future__ import annotations
@@ -27,20 +31,19 @@ import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
+from typing import NamedTuple
 
 from portside.models import Owner, OwnerStatus, ProcessInfo, SocketEntry, SocketState
 
 assert sys.platform == "linux"  # noqa: S101 -- mypy skips this module on other platforms
 
 _PROC = "/proc"
-_FD_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 #: Above this many inodes per process, early stopping is left to "all of them found":
 #: building a set per process would cost more than it saves.
 _EARLY_STOP_LIMIT = 64
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class OwnerScan:
+class OwnerScan(NamedTuple):
     """The result of a scan: ``holders`` maps each found inode to the pids holding it
     (ascending); ``processes_read`` counts the fd tables read (a process read twice
     counts twice) and ``processes_seen`` the processes listed."""
@@ -61,8 +64,8 @@ def _unescape_mount(path: str) -> str:
 def cgroup2_mount() -> tuple[str, int] | None:
     """(mount point, inode of its root) of the cgroup v2 hierarchy, or None.
 
-    Only a mount of the hierarchy's root ("/") is used: the paths in
-    ``/proc/PID/cgroup`` are relative to it.
+    Only a mount of the hierarchy's root ("/") is used, so that a cgroup id found under
+    it is the whole story.
     """
     try:
         with open(f"{_PROC}/self/mountinfo") as handle:
@@ -84,105 +87,116 @@ def cgroup2_mount() -> tuple[str, int] | None:
     return None
 
 
-class _CgroupResolver:
-    """pid -> inode of its cgroup v2 directory, caching each path's inode."""
-
-    def __init__(self, mount_point: str) -> None:
-        self._mount = mount_point
-        self._inodes: dict[str, int | None] = {}
-
-    def inode_of(self, pid: int) -> int | None:
-        """None when unknown (unreadable, or the cgroup was removed): never a guess."""
+def _cgroup_directories(mount_point: str, wanted: set[int]) -> dict[int, str]:
+    """cgroup id -> directory, for the ids in ``wanted`` (a walk of the cgroup2 tree;
+    the directory entries' inodes are the cgroup ids)."""
+    found: dict[int, str] = {}
+    stack = [mount_point]
+    while stack and len(found) < len(wanted):
+        directory = stack.pop()
         try:
-            with open(f"{_PROC}/{pid}/cgroup", "rb") as handle:
-                text = handle.read().decode("utf-8", "replace")
+            entries = list(os.scandir(directory))
         except OSError:
-            return None
-        for line in text.splitlines():
-            if line.startswith("0::"):
-                path = line[3:]
-                break
-        else:
-            return None
-        if path not in self._inodes:
-            try:
-                self._inodes[path] = os.stat(self._mount + path).st_ino
-            except OSError:
-                self._inodes[path] = None
-        return self._inodes[path]
+            continue  # removed meanwhile
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if entry.inode() in wanted:
+                    found[entry.inode()] = entry.path
+                stack.append(entry.path)
+    return found
+
+
+def _cgroup_members(mount_point: str, cgroup_ids: set[int]) -> dict[int, frozenset[int]]:
+    """cgroup id -> the pids in it, for the ids whose ``cgroup.procs`` could be read.
+    An id missing from the answer cannot narrow anything (removed, or threaded)."""
+    members: dict[int, frozenset[int]] = {}
+    for cgroup_id, directory in _cgroup_directories(mount_point, cgroup_ids).items():
+        try:
+            with open(f"{directory}/cgroup.procs", "rb") as handle:
+                members[cgroup_id] = frozenset(int(line) for line in handle.read().split())
+        except (OSError, ValueError):
+            continue
+    return members
+
+
+@lru_cache(maxsize=1)
+def _fd_counts_supported() -> bool:
+    """Whether this kernel reports the number of open fds as the size of /proc/PID/fd
+    (Linux 6.2+). The fd opened to ask is itself open, so the answer is never 0 there."""
+    try:
+        directory = os.open(f"{_PROC}/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return os.fstat(directory).st_size > 0
+    finally:
+        os.close(directory)
 
 
 def _pids() -> list[int]:
     return [int(name) for name in os.listdir(_PROC) if name.isdigit()]
 
 
-def _passing(
-    pid: int,
-    narrowed: Sequence[tuple[tuple[int | None, int | None], list[int]]],
-    resolver: _CgroupResolver | None,
-    need_uid: bool,
-) -> list[int] | None:
-    """The narrowed inodes ``pid`` may hold (its uid and cgroup match, or the cgroup is
-    unknown); None when the process is gone."""
-    st_uid: int | None = None
-    if need_uid:
-        try:
-            st_uid = os.stat(f"{_PROC}/{pid}").st_uid
-        except OSError:
-            return None
-    extra: list[int] = []
-    cgroup_inode: int | None = None
-    cgroup_known = False
-    for (uid, cgroup), inodes in narrowed:
-        if uid is not None and st_uid != uid:
-            continue
-        if cgroup is not None and resolver is not None:
-            if not cgroup_known:
-                cgroup_inode = resolver.inode_of(pid)
-                cgroup_known = True
-            if cgroup_inode is not None and cgroup_inode != cgroup:
-                continue
-        extra.extend(inodes)
-    return extra
-
-
 def _read_fds(
-    pid: int, links: Mapping[str, int], relevant: Sequence[int] | None
+    pid: int, count: int | None, links: Mapping[str, int], relevant: Sequence[int] | None
 ) -> tuple[list[int], bool] | None:
     """Inodes of ``links`` among ``pid``'s fds, and whether every fd was read.
 
-    Stops early once every inode in ``relevant`` (all of ``links`` when None) was seen:
-    the rest of the table cannot matter. None when the fd table cannot be read (gone, or
-    another user's process without root).
+    ``count`` is the number of open fds when known: then fds 0, 1, 2 … are read by number
+    and the directory is listed only after a gap. Stops early once every inode in
+    ``relevant`` (all of ``links`` when None) was seen: the rest of the table cannot
+    matter. None when the fd table cannot be read (gone, or another user's process).
     """
-    try:
-        directory = os.open(f"{_PROC}/{pid}/fd", _FD_DIR_FLAGS)
-    except OSError:
-        return None
+    base = f"{_PROC}/{pid}/fd/"
+    readlink = os.readlink
     found: set[int] = set()
     wanted = set(relevant) if relevant is not None else None
     remaining = len(wanted) if wanted is not None else len(links)
-    try:
+    names: Iterable[str]
+    number = -1
+    if count is not None:
+        seen = 0
         try:
-            names = os.listdir(directory)
+            while seen < count:
+                number += 1
+                link = readlink(f"{base}{number}")
+                seen += 1
+                inode = links.get(link)
+                if inode is not None and inode not in found:
+                    found.add(inode)
+                    if wanted is None or inode in wanted:
+                        remaining -= 1
+                        if remaining == 0:
+                            return list(found), False
+            return list(found), True
+        except FileNotFoundError:
+            pass  # a gap in the fd numbers (or the process ended): list the rest
+        except OSError:
+            return None  # PermissionError: another user's process, without root
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return (list(found), False) if found else None
+    for name in names:
+        if int(name) <= number:
+            continue  # read by number already
+        try:
+            link = readlink(base + name)
+        except FileNotFoundError:
+            continue  # closed meanwhile
         except OSError:
             return None
-        for name in names:
-            try:
-                link = os.readlink(name, dir_fd=directory)
-            except OSError:
-                continue  # closed meanwhile
-            inode = links.get(link)
-            if inode is None or inode in found:
-                continue
+        inode = links.get(link)
+        if inode is not None and inode not in found:
             found.add(inode)
             if wanted is None or inode in wanted:
                 remaining -= 1
                 if remaining == 0:
                     return list(found), False
-    finally:
-        os.close(directory)
     return list(found), True
+
+
+_Group = tuple[int | None, frozenset[int] | None, list[int]]
 
 
 def scan_holders(wanted: Mapping[int, tuple[int | None, int | None]]) -> OwnerScan:
@@ -192,64 +206,78 @@ def scan_holders(wanted: Mapping[int, tuple[int | None, int | None]]) -> OwnerSc
     if not wanted:
         return OwnerScan(holders={}, processes_read=0, processes_seen=0)
     links = {f"socket:[{inode}]": inode for inode in wanted}
-    mount = cgroup2_mount()
 
-    # Partition the inodes by what narrows them: (uid or None, cgroup inode or None).
-    groups: dict[tuple[int | None, int | None], list[int]] = {}
+    # What narrows each inode: a non-root uid, a cgroup (other than the root) whose
+    # members we can list.
+    mount = cgroup2_mount()
+    cgroup_ids = {c for _, c in wanted.values() if c and mount is not None and c != mount[1]}
+    members = _cgroup_members(mount[0], cgroup_ids) if mount is not None and cgroup_ids else {}
+    keyed: dict[tuple[int | None, int | None], list[int]] = {}
     for inode, (uid, cgroup_id) in wanted.items():
         uid_key = uid if uid else None  # root's sockets may be held by anyone
-        cgroup_key = (
-            cgroup_id if mount is not None and cgroup_id and cgroup_id != mount[1] else None
-        )
-        groups.setdefault((uid_key, cgroup_key), []).append(inode)
-    free = groups.pop((None, None), [])
-    narrowed = list(groups.items())
-    resolver = _CgroupResolver(mount[0]) if mount is not None else None
-    need_uid = any(uid is not None for (uid, _cgroup), _inodes in narrowed)
+        cgroup_key = cgroup_id if cgroup_id in members else None
+        keyed.setdefault((uid_key, cgroup_key), []).append(inode)
+    free = keyed.pop((None, None), [])
+    narrowed: list[_Group] = [
+        (uid, None if cgroup_id is None else members[cgroup_id], inodes)
+        for (uid, cgroup_id), inodes in keyed.items()
+    ]
 
+    counted = _fd_counts_supported()
     pids = _pids()
     complete: set[int] = set()
-    unreadable: set[int] = set()
+    skipped: set[int] = set()  # gone or unreadable
     reads = 0
-
-    def record(pid: int, found: Iterable[int]) -> None:
-        for inode in found:
-            holders.setdefault(inode, []).append(pid)
 
     # Phase 1: each process is read for the un-narrowed inodes plus those whose
     # narrowing it passes; the others wait for phase 2.
     for pid in pids:
-        relevant: list[int] | None = None
-        if narrowed:
-            extra = _passing(pid, narrowed, resolver, need_uid)
-            if extra is None:
-                unreadable.add(pid)
-                continue  # exited
-            if not extra and not free:
-                continue
-            if len(free) + len(extra) <= _EARLY_STOP_LIMIT:
-                relevant = free + extra
+        groups = [g for g in narrowed if g[1] is None or pid in g[1]]
+        if not free and not groups:
+            continue  # in none of the cgroups: not even a stat
+        try:
+            status = os.stat(f"{_PROC}/{pid}/fd")  # owner: the process's uid
+        except OSError:
+            skipped.add(pid)
+            continue  # ended
+        extra = [
+            inode
+            for uid, _cgroup, inodes in groups
+            if uid is None or uid == status.st_uid
+            for inode in inodes
+        ]
+        if not free and not extra:
+            continue
+        count = status.st_size if counted else None
+        if count == 0:
+            complete.add(pid)  # no open fds: nothing to read
+            continue
+        relevant = (
+            free + extra if narrowed and len(free) + len(extra) <= _EARLY_STOP_LIMIT else None
+        )
         reads += 1
-        result = _read_fds(pid, links, relevant)
+        result = _read_fds(pid, count, links, relevant)
         if result is None:
-            unreadable.add(pid)
+            skipped.add(pid)
             continue
         found, whole = result
-        record(pid, found)
+        for inode in found:
+            holders.setdefault(inode, []).append(pid)
         if whole:
             complete.add(pid)
 
     # Phase 2: narrowed inodes nobody likely held are looked for everywhere else.
-    missing = [inode for _key, inodes in narrowed for inode in inodes if inode not in holders]
+    missing = [inode for _u, _c, inodes in narrowed for inode in inodes if inode not in holders]
     if missing:
         missing_links = {f"socket:[{inode}]": inode for inode in missing}
         for pid in pids:
-            if pid in complete or pid in unreadable:
+            if pid in complete or pid in skipped:
                 continue
             reads += 1
-            result = _read_fds(pid, missing_links, None)
+            result = _read_fds(pid, None, missing_links, None)
             if result is not None:
-                record(pid, result[0])
+                for inode in result[0]:
+                    holders.setdefault(inode, []).append(pid)
     return OwnerScan(
         holders={inode: tuple(sorted(pids_)) for inode, pids_ in holders.items()},
         processes_read=reads,
@@ -261,9 +289,63 @@ def _needs_lookup(entry: SocketEntry) -> bool:
     return entry.owner_status is OwnerStatus.NOT_LOOKED_UP
 
 
+#: The fields _with_owners copies by name; if models.SocketEntry changes, fall back to
+#: dataclasses.replace (a third slower; thousands of entries go through here).
+_COPIED = (
+    "transport",
+    "family",
+    "state",
+    "local",
+    "remote",
+    "uid",
+    "inode",
+    "exposure",
+    "recv_queue",
+    "send_queue",
+    "v6only",
+    "cgroup_id",
+    "interface",
+    "netns",
+)
+_FAST_COPY = tuple(f.name for f in dataclasses.fields(SocketEntry)) == (
+    *_COPIED,
+    "owner_status",
+    "owners",
+)
+
+
+def _with_owners(
+    entry: SocketEntry, status: OwnerStatus, owners: tuple[Owner, ...] = ()
+) -> SocketEntry:
+    if not _FAST_COPY:
+        return dataclasses.replace(entry, owner_status=status, owners=owners)
+    return SocketEntry(
+        transport=entry.transport,
+        family=entry.family,
+        state=entry.state,
+        local=entry.local,
+        remote=entry.remote,
+        uid=entry.uid,
+        inode=entry.inode,
+        exposure=entry.exposure,
+        recv_queue=entry.recv_queue,
+        send_queue=entry.send_queue,
+        v6only=entry.v6only,
+        cgroup_id=entry.cgroup_id,
+        interface=entry.interface,
+        netns=entry.netns,
+        owner_status=status,
+        owners=owners,
+    )
+
+
 def attach_owners(entries: Sequence[SocketEntry]) -> list[SocketEntry]:
     """``entries`` with ``owners`` and ``owner_status`` filled in (identity and ancestors
-    are left for the layer above). Entries that already have an owner status are kept."""
+    are left for the layer above). Entries that already have an owner status are kept.
+
+    KERNEL: TIME_WAIT, and sockets without an inode (a connection still in an accept
+    queue, an orphan closing down). NOT_VISIBLE: no process we may see holds it.
+    """
     wanted: dict[int, tuple[int | None, int | None]] = {}
     for entry in entries:
         if _needs_lookup(entry) and entry.state is not SocketState.TIME_WAIT and entry.inode:
@@ -278,15 +360,15 @@ def attach_owners(entries: Sequence[SocketEntry]) -> list[SocketEntry]:
             result.append(entry)
             continue
         if entry.state is SocketState.TIME_WAIT or entry.inode == 0:
-            result.append(dataclasses.replace(entry, owner_status=OwnerStatus.KERNEL))
+            result.append(_with_owners(entry, OwnerStatus.KERNEL))
             continue
         owners: list[Owner] = []
         for pid in holders.get(entry.inode or 0, ()):
             if pid not in infos:
                 infos[pid] = process_info(pid)
             info = infos[pid]
-            if info is not None:  # exited since the scan: it holds nothing any more
+            if info is not None:  # ended since the scan: it holds nothing any more
                 owners.append(Owner(process=info, identity=None))
         status = OwnerStatus.FOUND if owners else OwnerStatus.NOT_VISIBLE
-        result.append(dataclasses.replace(entry, owner_status=status, owners=tuple(owners)))
+        result.append(_with_owners(entry, status, tuple(owners)))
     return result

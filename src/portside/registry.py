@@ -1,0 +1,698 @@
+"""The port registry: a persistent name -> port map, and leases that tie a port to a
+running process. One SQLite file under the user's state directory.
+
+Theory of operation:
+
+* **The file.** ``$PORTSIDE_HOME/registry.sqlite3``, else platformdirs' user state
+  directory (``~/.local/state/portside`` on Linux). SQLite in WAL mode, so readers never
+  wait for the writer; ``synchronous=NORMAL``, which in WAL mode keeps the database
+  consistent across a crash (a crash may lose the last commits, never corrupt).
+* **Identity.** The file carries ``PRAGMA application_id`` = :data:`APPLICATION_ID` and
+  its schema version in ``PRAGMA user_version``. A file that is not SQLite, or is
+  another program's database, or comes from a newer portside, is refused with an
+  error that names it; portside never deletes, truncates or rewrites such a file.
+  A damaged file (SQLite reports it malformed) is reported the same way.
+* **Writes.** Every write runs in one ``BEGIN IMMEDIATE`` transaction: the write lock is
+  taken at the start, so the read-decide-write of a reservation cannot interleave with
+  another process's. Waiting for the lock is bounded by :data:`BUSY_TIMEOUT`.
+* **Stable ports.** A new reservation starts at a port derived from
+  ``sha256(scope, name)`` spread over the usable range (:func:`portside.pick.hashed_start`)
+  and probes upwards past ports that the pick policy rules out, that are reserved or
+  leased, or that cannot be bound now. The same name in the same scope therefore gets
+  the same port on another day or machine, unless that port is taken there.
+* **Scopes.** A reservation belongs to a project (the root of the git worktree the
+  command runs in, so two worktrees of one repository are two projects) or to
+  ``global``. Ports are unique across all scopes: the machine has one port space.
+* **Leases.** A lease binds a port to a process, identified by pid *and* start time
+  (clock ticks since boot on Linux), so a recycled pid does not keep a lease alive.
+  Leases whose process is gone are reclaimed at the start of every write.
+* **Advice, not law.** A reservation does not hold the port; binding is the truth. Every
+  call that hands out a port checks that it can be bound right now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from portside.errors import BackendError, PortsideError, UsageError
+from portside.pick import (
+    MAX_ATTEMPTS,
+    NoFreePortError,
+    PickPolicy,
+    bind_check,
+    hashed_start,
+    ipv6_loopback_available,
+    make_policy,
+    rule_out,
+    walk,
+)
+from portside.ports import KernelPortSettings
+
+__all__ = [
+    "APPLICATION_ID",
+    "GLOBAL_SCOPE",
+    "HOME_ENV",
+    "ForeignFileError",
+    "Lease",
+    "LeaseConflictError",
+    "Registry",
+    "RegistryBusyError",
+    "RegistryDamagedError",
+    "RegistryError",
+    "RegistryVersionError",
+    "Reservation",
+    "ReservationConflictError",
+    "ReserveResult",
+    "default_registry_ports",
+    "process_start_token",
+    "project_scope",
+    "registry_path",
+]
+
+HOME_ENV = "PORTSIDE_HOME"
+FILE_NAME = "registry.sqlite3"
+GLOBAL_SCOPE = "global"
+#: ``PRAGMA application_id``: "PSRG" (portside registry) in ASCII.
+APPLICATION_ID = 0x50535247
+#: Seconds to wait for another process's write transaction.
+BUSY_TIMEOUT = 30.0
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_.-]{0,62})$")
+
+#: Schema migrations: entry i takes user_version i to i + 1. Append only, never edit.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE reservations (
+        scope   TEXT    NOT NULL,
+        name    TEXT    NOT NULL,
+        port    INTEGER NOT NULL UNIQUE CHECK (port BETWEEN 1 AND 65535),
+        created REAL    NOT NULL,
+        PRIMARY KEY (scope, name)
+    );
+    CREATE TABLE leases (
+        port        INTEGER PRIMARY KEY CHECK (port BETWEEN 1 AND 65535),
+        pid         INTEGER NOT NULL,
+        start_token TEXT    NOT NULL,
+        acquired    REAL    NOT NULL
+    );
+    """,
+)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class RegistryError(BackendError):
+    """The registry file cannot be used. ``path`` is the file."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class RegistryDamagedError(RegistryError):
+    """The registry file is damaged; it is left as it is for the user to inspect."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(
+            path,
+            f"the registry {path} is damaged ({detail}); it was left untouched: move it aside"
+            f" (or point {HOME_ENV} elsewhere) and portside starts a new one",
+        )
+
+
+class ForeignFileError(RegistryError):
+    """The registry path holds a file that portside did not write."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        super().__init__(
+            path,
+            f"{path} is {what}, not a portside registry; it was left untouched: move it"
+            f" or set {HOME_ENV} to another directory",
+        )
+
+
+class RegistryVersionError(RegistryError):
+    """The registry was written by a newer portside (a schema this one does not know)."""
+
+
+class RegistryBusyError(RegistryError):
+    """Another process held the registry's write lock for longer than BUSY_TIMEOUT."""
+
+
+class ReservationConflictError(UsageError):
+    """The name or port asked for is already reserved otherwise."""
+
+
+class LeaseConflictError(PortsideError):
+    """The port is leased by another live process."""
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Lease:
+    """A port held by a running process (pid + start time, so pid reuse cannot fool it)."""
+
+    port: int
+    pid: int
+    start_token: str
+    acquired: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Reservation:
+    """A name's port in a scope (``"global"`` or a project directory)."""
+
+    name: str
+    scope: str
+    port: int
+    created: float
+    lease: Lease | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ReserveResult:
+    """The answer of ``reserve``: the reservation, whether it is new, and whether its port
+    can be bound right now (an existing reservation's app may well be running on it)."""
+
+    reservation: Reservation
+    created: bool
+    bindable: bool
+    warnings: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def registry_path() -> Path:
+    """Where the registry lives: ``$PORTSIDE_HOME/registry.sqlite3``, else the user's
+    state directory (platformdirs)."""
+    home = os.environ.get(HOME_ENV)
+    if home:
+        return Path(home).expanduser() / FILE_NAME
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir("portside", appauthor=False)) / FILE_NAME
+
+
+def project_scope(start: Path | None = None) -> str:
+    """The project a command belongs to: the nearest directory holding ``.git`` (a
+    directory in a main worktree, a file in a linked worktree), else the directory
+    itself. Absolute and resolved."""
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / ".git").exists():
+            return str(candidate)
+    return str(here)
+
+
+def normalise_name(name: str) -> str:
+    """Names are case-insensitive DNS-label-like words (they become ``NAME.localhost``)."""
+    folded = name.strip().lower()
+    if not _NAME.match(folded):
+        raise UsageError(
+            f"name {name!r}: use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit"
+        )
+    return folded
+
+
+def process_start_token(pid: int) -> str | None:
+    """A token that names one process for its whole life: pid + start time. None when
+    the process is gone (or a zombie)."""
+    if pid <= 0:
+        return None
+    if sys.platform == "linux":
+        from portside.models import ProcessState
+        from portside.processes import parse_stat
+
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                text = handle.read().decode("utf-8", "replace")
+        except OSError:
+            return None
+        _, state, _, ticks = parse_stat(text)
+        if state in (ProcessState.ZOMBIE, ProcessState.DEAD):
+            return None
+        return f"ticks:{ticks}"
+    else:
+        import psutil
+
+        try:
+            process = psutil.Process(pid)
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return f"created:{process.create_time():.6f}"
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+
+
+def _looks_like_sqlite(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
+    except OSError:
+        return False
+
+
+def _damage_error(path: Path, exc: sqlite3.DatabaseError) -> RegistryError:
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return RegistryBusyError(
+            path, f"the registry {path} stayed locked by another process for {BUSY_TIMEOUT:.0f} s"
+        )
+    if "not a database" in str(exc) and not _looks_like_sqlite(path):
+        return ForeignFileError(path, "not an SQLite database")
+    return RegistryDamagedError(path, str(exc))
+
+
+# --------------------------------------------------------------------------- registry
+
+
+class Registry:
+    """The registry file, open. Use :meth:`open`; close it (or use ``with``).
+
+    Resource handling: one SQLite connection, closed by :meth:`close`. Error handling:
+    every SQLite error is raised as a :class:`RegistryError` naming the file.
+    """
+
+    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+        self.path = path
+        self._db = connection
+        self._kernel: KernelPortSettings | None = None
+        self._ipv6: bool | None = None
+
+    # ---------------------------------------------------------------- opening
+
+    @classmethod
+    def open(
+        cls,
+        path: Path | None = None,
+        *,
+        migrations: Sequence[str] = MIGRATIONS,
+    ) -> Registry:
+        """Open (creating if absent) the registry at ``path`` (default :func:`registry_path`),
+        check that it is ours and bring its schema up to date.
+
+        Raises:
+            ForeignFileError: the file is not SQLite, or another program's database.
+            RegistryDamagedError: SQLite reports the file malformed.
+            RegistryVersionError: a newer portside wrote it.
+            RegistryBusyError: another process kept the write lock too long.
+        """
+        path = path or registry_path()
+        if path.is_dir():
+            raise ForeignFileError(path, "a directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            connection = sqlite3.connect(
+                str(path), timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise RegistryError(path, f"cannot open the registry {path}: {exc}") from exc
+        registry = cls(path, connection)
+        try:
+            registry._prepare(migrations)
+        except BaseException:
+            connection.close()
+            raise
+        return registry
+
+    def _prepare(self, migrations: Sequence[str]) -> None:
+        db = self._db
+        try:
+            db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            self._check_identity(len(migrations))
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version < len(migrations):
+                with self._write():
+                    self._migrate(migrations)
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.DatabaseError as exc:
+            raise _damage_error(self.path, exc) from exc
+
+    def _check_identity(self, known_version: int) -> None:
+        db = self._db
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if app_id == 0:
+            tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if tables or version:
+                raise ForeignFileError(self.path, "another program's SQLite database")
+        elif app_id != APPLICATION_ID:
+            raise ForeignFileError(
+                self.path, f"another program's SQLite database (application_id {app_id:#x})"
+            )
+        if version > known_version:
+            raise RegistryVersionError(
+                self.path,
+                f"the registry {self.path} has schema version {version}, newer than this"
+                f" portside knows ({known_version}); upgrade portside",
+            )
+
+    def _migrate(self, migrations: Sequence[str]) -> None:
+        """Inside the write transaction: check again (another process may have migrated
+        while we waited for the lock), then apply what is missing."""
+        self._check_identity(len(migrations))
+        version: int = self._db.execute("PRAGMA user_version").fetchone()[0]
+        for script in migrations[version:]:
+            for statement in _statements(script):
+                self._db.execute(statement)
+        self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        self._db.execute(f"PRAGMA user_version = {len(migrations)}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- plumbing
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction; committed on success, rolled back on error."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as exc:
+            raise _damage_error(self.path, exc) from exc
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        try:
+            db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise _damage_error(self.path, exc) from exc
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: one consistent snapshot for several statements."""
+        db = self._db
+        try:
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise _damage_error(self.path, exc) from exc
+
+    def _policy(self, *, whole_range: bool = False) -> PickPolicy:
+        if self._kernel is None:
+            from portside.kernel import port_settings
+
+            self._kernel = port_settings()
+        return make_policy(self._kernel, port_range=(1, 65535) if whole_range else None)
+
+    def _ipv6_available(self) -> bool:
+        if self._ipv6 is None:
+            self._ipv6 = ipv6_loopback_available()
+        return self._ipv6
+
+    def _bindable(self, port: int) -> bool:
+        result = bind_check(port, ipv6=self._ipv6_available())
+        result.close()
+        return result.rejection is None
+
+    @staticmethod
+    def _port_taken(db: sqlite3.Connection, port: int) -> bool:
+        row = db.execute(
+            "SELECT EXISTS(SELECT 1 FROM reservations WHERE port = ?)"
+            " OR EXISTS(SELECT 1 FROM leases WHERE port = ?)",
+            (port, port),
+        ).fetchone()
+        return bool(row[0])
+
+    def _reclaim(self, db: sqlite3.Connection) -> list[Lease]:
+        stale = [
+            lease
+            for lease in (_lease(row) for row in db.execute("SELECT * FROM leases"))
+            if process_start_token(lease.pid) != lease.start_token
+        ]
+        for lease in stale:
+            db.execute("DELETE FROM leases WHERE port = ?", (lease.port,))
+        return stale
+
+    # ---------------------------------------------------------------- reservations
+
+    def reserve(self, name: str, *, scope: str, port: int | None = None) -> ReserveResult:
+        """The port of ``name`` in ``scope``: the existing one, ``port`` if given, else a
+        new stable one (see the module docstring).
+
+        Raises:
+            UsageError: a malformed name or port.
+            ReservationConflictError: ``name`` has another port, or ``port`` is another
+                name's or leased.
+            NoFreePortError: no usable port left in the range.
+        """
+        name = normalise_name(name)
+        if port is not None and not 1 <= port <= 65535:
+            raise UsageError(f"port {port} is out of range; ports are 1-65535")
+        try:
+            with self._write() as db:
+                self._reclaim(db)
+                row = db.execute(
+                    "SELECT * FROM reservations WHERE scope = ? AND name = ?", (scope, name)
+                ).fetchone()
+                if row is not None:
+                    existing = _reservation(row)
+                    if port is not None and port != existing.port:
+                        raise ReservationConflictError(
+                            f"{name!r} already has port {existing.port} in {scope};"
+                            f" `portside release {name}` first to move it to {port}"
+                        )
+                    created = False
+                    chosen = existing.port
+                elif port is not None:
+                    self._check_free_in_registry(db, port)
+                    created, chosen = True, port
+                else:
+                    created, chosen = True, self._choose(db, name, scope)
+                if created:
+                    db.execute(
+                        "INSERT INTO reservations (scope, name, port, created) VALUES (?, ?, ?, ?)",
+                        (scope, name, chosen, time.time()),
+                    )
+                reservation = self._get(db, name, scope)
+        except sqlite3.DatabaseError as exc:
+            raise _damage_error(self.path, exc) from exc
+        assert reservation is not None  # noqa: S101 -- inserted or found in this transaction
+        bindable = (created and port is None) or self._bindable(chosen)
+        return ReserveResult(
+            reservation=reservation,
+            created=created,
+            bindable=bindable,
+            warnings=self._warnings(chosen, bindable=bindable, explicit=port is not None),
+        )
+
+    def _warnings(self, port: int, *, bindable: bool, explicit: bool) -> tuple[str, ...]:
+        found: list[str] = []
+        if explicit:
+            reason = rule_out(port, self._policy(whole_range=True))
+            if reason is not None:
+                found.append(f"port {port} is {_REASON_TEXT.get(reason.value, reason.value)}")
+        if not bindable:
+            found.append(
+                f"port {port} cannot be bound right now (`portside who {port}` shows what holds it)"
+            )
+        return tuple(found)
+
+    def _check_free_in_registry(self, db: sqlite3.Connection, port: int) -> None:
+        row = db.execute("SELECT scope, name FROM reservations WHERE port = ?", (port,)).fetchone()
+        if row is not None:
+            raise ReservationConflictError(
+                f"port {port} is reserved for {row[1]!r} ({row[0]}); choose another port"
+            )
+        lease = db.execute("SELECT pid FROM leases WHERE port = ?", (port,)).fetchone()
+        if lease is not None:
+            raise ReservationConflictError(
+                f"port {port} is leased by pid {lease[0]}; choose another port"
+            )
+
+    def _choose(self, db: sqlite3.Connection, name: str, scope: str) -> int:
+        policy = self._policy()
+        start = hashed_start(f"{scope}\0{name}", policy)
+        for attempt, port in enumerate(walk(policy, start)):
+            if attempt >= MAX_ATTEMPTS:
+                break
+            if rule_out(port, policy) is not None or self._port_taken(db, port):
+                continue
+            if self._bindable(port):
+                return port
+        low, high = policy.port_range
+        raise NoFreePortError(
+            f"no free port for {name!r} in {low}-{high} after {MAX_ATTEMPTS} candidates;"
+            " release unused reservations (`portside reservations`)"
+        )
+
+    def release(self, name: str, *, scope: str) -> Reservation | None:
+        """Forget ``name`` in ``scope`` (and any lease on its port); the reservation that
+        was removed, or None when there was none."""
+        name = normalise_name(name)
+        with self._write() as db:
+            found = self._get(db, name, scope)
+            if found is None:
+                return None
+            db.execute("DELETE FROM reservations WHERE scope = ? AND name = ?", (scope, name))
+            db.execute("DELETE FROM leases WHERE port = ?", (found.port,))
+        return found
+
+    def get(self, name: str, *, scope: str) -> Reservation | None:
+        with self._read() as db:
+            return self._get(db, normalise_name(name), scope)
+
+    def _get(self, db: sqlite3.Connection, name: str, scope: str) -> Reservation | None:
+        row = db.execute(
+            "SELECT r.*, l.port AS l_port, l.pid, l.start_token, l.acquired"
+            " FROM reservations r LEFT JOIN leases l ON l.port = r.port"
+            " WHERE r.scope = ? AND r.name = ?",
+            (scope, name),
+        ).fetchone()
+        return None if row is None else _reservation(row)
+
+    def reservations(self, *, scope: str | None = None) -> list[Reservation]:
+        """Every reservation (of ``scope`` if given), ordered by scope then name; leases of
+        dead processes are not shown."""
+        query = (
+            "SELECT r.*, l.port AS l_port, l.pid, l.start_token, l.acquired"
+            " FROM reservations r LEFT JOIN leases l ON l.port = r.port"
+        )
+        args: tuple[str, ...] = ()
+        if scope is not None:
+            query += " WHERE r.scope = ?"
+            args = (scope,)
+        with self._read() as db:
+            rows = db.execute(query + " ORDER BY r.scope, r.name", args).fetchall()
+        found = [_reservation(row) for row in rows]
+        return [
+            dataclasses.replace(r, lease=None) if r.lease and not _alive(r.lease) else r
+            for r in found
+        ]
+
+    def taken_ports(self) -> frozenset[int]:
+        """Ports that are reserved, or leased by a live process (read only)."""
+        with self._read() as db:
+            reserved = {row[0] for row in db.execute("SELECT port FROM reservations")}
+            leased = [_lease(row) for row in db.execute("SELECT * FROM leases")]
+        return frozenset(reserved | {lease.port for lease in leased if _alive(lease)})
+
+    # ---------------------------------------------------------------- leases
+
+    def lease(self, port: int, *, pid: int | None = None) -> Lease:
+        """Tie ``port`` to the running process ``pid`` (default: this one) until it exits
+        or :meth:`end_lease`. Renewing one's own lease is allowed.
+
+        Raises:
+            UsageError: the process does not exist.
+            LeaseConflictError: another live process leases the port.
+        """
+        pid = os.getpid() if pid is None else pid
+        token = process_start_token(pid)
+        if token is None:
+            raise UsageError(f"pid {pid} is not a running process")
+        with self._write() as db:
+            self._reclaim(db)
+            row = db.execute("SELECT * FROM leases WHERE port = ?", (port,)).fetchone()
+            if row is not None:
+                current = _lease(row)
+                if (current.pid, current.start_token) != (pid, token):
+                    raise LeaseConflictError(
+                        f"port {port} is leased by pid {current.pid}, which is still running"
+                    )
+            lease = Lease(port=port, pid=pid, start_token=token, acquired=time.time())
+            db.execute(
+                "INSERT OR REPLACE INTO leases (port, pid, start_token, acquired) VALUES (?, ?, ?, ?)",
+                (lease.port, lease.pid, lease.start_token, lease.acquired),
+            )
+        return lease
+
+    def end_lease(self, port: int, *, pid: int | None = None) -> bool:
+        """Drop ``pid``'s lease on ``port``; whether there was one."""
+        pid = os.getpid() if pid is None else pid
+        with self._write() as db:
+            cursor = db.execute("DELETE FROM leases WHERE port = ? AND pid = ?", (port, pid))
+            return cursor.rowcount > 0
+
+    def leases(self) -> list[Lease]:
+        """Leases of live processes, by port."""
+        with self._read() as db:
+            rows = db.execute("SELECT * FROM leases ORDER BY port").fetchall()
+        return [lease for lease in map(_lease, rows) if _alive(lease)]
+
+    def reclaim(self) -> list[Lease]:
+        """Delete the leases of processes that are gone; the leases removed."""
+        with self._write() as db:
+            return self._reclaim(db)
+
+    def integrity_check(self) -> str:
+        """SQLite's ``PRAGMA integrity_check``: ``"ok"`` or what is wrong."""
+        try:
+            rows = self._db.execute("PRAGMA integrity_check").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise _damage_error(self.path, exc) from exc
+        return "; ".join(str(row[0]) for row in rows)
+
+
+_REASON_TEXT = {
+    "privileged": "privileged (binding needs root or CAP_NET_BIND_SERVICE)",
+    "ephemeral": "inside the kernel's ephemeral range: an outgoing connection may take it",
+    "kernel-reserved": "in net.ipv4.ip_local_reserved_ports",
+    "browser-bad-port": "a browser bad port: browsers refuse it (ERR_UNSAFE_PORT)",
+    "dev-default": "a common development default: likely to collide",
+}
+
+
+def _statements(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
+def _lease(row: Sequence[Any]) -> Lease:
+    port, pid, token, acquired = row[:4]
+    return Lease(port=int(port), pid=int(pid), start_token=str(token), acquired=float(acquired))
+
+
+def _reservation(row: Sequence[Any]) -> Reservation:
+    scope, name, port, created = row[:4]
+    lease = None
+    if len(row) > 4 and row[4] is not None:
+        lease = _lease(row[4:8])
+    return Reservation(
+        name=str(name),
+        scope=str(scope),
+        port=int(port),
+        created=float(created),
+        lease=lease,
+    )
+
+
+def _alive(lease: Lease) -> bool:
+    return process_start_token(lease.pid) == lease.start_token
+
+
+def default_registry_ports() -> frozenset[int]:
+    """Ports reserved or leased in the default registry; empty when it does not exist
+    (looking never creates it)."""
+    path = registry_path()
+    if not path.exists() or path.stat().st_size == 0:
+        return frozenset()
+    with Registry.open(path) as registry:
+        return registry.taken_ports()
