@@ -5,11 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 # Debian packages the tests drive for real (installed by `make test` when run as root).
-APT_PACKAGES := iproute2 openssh-server openssh-client lsof nftables iptables openssl redis-server postgresql util-linux
-APT_NO_RECOMMENDS := qemu-system-x86
-BENCH_APT_PACKAGES := hyperfine nmap
+APT_PACKAGES := iproute2 openssh-server openssh-client lsof nftables iptables openssl \
+	redis-server postgresql util-linux qemu-system-x86 chromium busybox-static \
+	docker.io podman runc netavark
+# Public tools the benchmarks compare against (`make bench`).
+BENCH_APT_PACKAGES := hyperfine nmap nginx wrk socat iperf3
 
-.PHONY: run test lint typecheck unit bench system-packages clean
+.PHONY: run test lint typecheck compile bench system-packages clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +21,18 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-run: $(STAMP)
+# Byte-compile the package: start-up time is a feature, and PYTHONDONTWRITEBYTECODE
+# (set in some environments) would otherwise recompile every module on every run.
+compile: $(STAMP)
+	$(BIN)/python -m compileall -q src >/dev/null
+
+run: compile
 	$(BIN)/portside
 
 system-packages:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		missing=""; \
-		for p in $(APT_PACKAGES) $(APT_NO_RECOMMENDS) $(EXTRA_APT); do \
+		for p in $(APT_PACKAGES) $(EXTRA_APT); do \
 			dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
 		done; \
 		if [ -n "$$missing" ]; then \
@@ -45,10 +52,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: system-packages $(STAMP) lint typecheck
+test: system-packages compile lint typecheck
 	$(BIN)/pytest -q
 
-bench: $(STAMP)
+bench: compile
 	$(MAKE) system-packages EXTRA_APT="$(BENCH_APT_PACKAGES)"
 	$(BIN)/python bench/bench_inspect.py
 

@@ -206,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="portside-bench-") as tmp:
         try:
-            (Path(tmp) / "www").mkdir()
+            os.chmod(tmp, 0o755)  # noqa: S103 - nginx's workers run as an unprivileged user
+            (Path(tmp) / "www").mkdir(mode=0o755)
             (Path(tmp) / "www" / "1k.bin").write_bytes(os.urandom(1024))
+            os.chmod(Path(tmp) / "www" / "1k.bin", 0o644)
             backend_port, nginx_port, portside_port = free_port(), free_port(), free_port()
             conf = Path(tmp) / "backend.conf"
             conf.write_text(BACKEND_CONF.format(tmp=tmp, ip=LOOPBACK, port=backend_port))

@@ -10,7 +10,9 @@ import pytest
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.geteuid() == 0:
         return
-    skip = pytest.mark.skip(reason="needs root (network namespaces, other users' processes); CI runs as root")
+    skip = pytest.mark.skip(
+        reason="needs root (network namespaces, other users' processes); CI runs as root"
+    )
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)

@@ -11,11 +11,12 @@ The public API is imported lazily so that ``import portside`` stays cheap::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from portside._version import __version__
 
+TYPE_CHECKING = False  # typing itself is not imported: it costs a third of `--version`
 if TYPE_CHECKING:
+    from typing import Any
+
     from portside.addresses import parse_target
     from portside.errors import PortsideError
     from portside.explain import explain

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import ipaddress
 import re
 
 from portside.errors import TargetError
-from portside.models import Exposure
+from portside.models import Exposure, methods_compiled_on_first_use
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ipaddress
+
+# ipaddress is imported by the functions that parse addresses (not at import: a port
+# number alone, ``portside who 3000``, needs none of it), and the patterns are compiled
+# (and cached by re) the first time they are used.
 
 #: Default ports of the URL schemes portside understands.
 DEFAULT_PORTS: dict[str, int] = {
@@ -33,8 +40,8 @@ DEFAULT_PORTS: dict[str, int] = {
     "ssh": 22,
 }
 
-_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_HOSTNAME_LABEL = r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$"
+_SCHEME = r"^([A-Za-z][A-Za-z0-9+.-]*)://"
 _FORMAT_HINT = "write PORT, HOST:PORT, [IPv6]:PORT or a URL such as http://127.0.0.1:8080/"
 
 
@@ -44,27 +51,29 @@ class HostKind(enum.StrEnum):
     NAME = "name"
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Target:
-    """A parsed endpoint. ``port`` is None only when the text named an address alone."""
+with methods_compiled_on_first_use():
 
-    text: str
-    scheme: str | None
-    host: str | None  # an IP in normal form, a lower-case name, or None
-    host_kind: HostKind
-    port: int | None
-    path: str | None = None
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Target:
+        """A parsed endpoint. ``port`` is None only when the text named an address alone."""
 
-    @property
-    def ip(self) -> str | None:
-        return self.host if self.host_kind is HostKind.IP else None
+        text: str
+        scheme: str | None
+        host: str | None  # an IP in normal form, a lower-case name, or None
+        host_kind: HostKind
+        port: int | None
+        path: str | None = None
 
-    def display(self) -> str:
-        """``host:port`` with brackets for IPv6; ``:port`` when no host was given."""
-        host = self.host or ""
-        if self.host_kind is HostKind.IP and ":" in host:
-            host = f"[{host}]"
-        return host if self.port is None else f"{host}:{self.port}"
+        @property
+        def ip(self) -> str | None:
+            return self.host if self.host_kind is HostKind.IP else None
+
+        def display(self) -> str:
+            """``host:port`` with brackets for IPv6; ``:port`` when no host was given."""
+            host = self.host or ""
+            if self.host_kind is HostKind.IP and ":" in host:
+                host = f"[{host}]"
+            return host if self.port is None else f"{host}:{self.port}"
 
 
 def parse_port(text: str, *, original: str | None = None) -> int:
@@ -82,6 +91,8 @@ def parse_port(text: str, *, original: str | None = None) -> int:
 
 def format_ip(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     """Text form as ``ss`` prints it: IPv4-mapped IPv6 keeps its dotted tail (``::ffff:127.0.0.1``)."""
+    import ipaddress
+
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return f"::ffff:{address.ipv4_mapped}"
     return str(address)
@@ -89,6 +100,8 @@ def format_ip(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
 
 def normalise_ip(text: str) -> str | None:
     """The normal text form of an IP address (scope ids kept), or None if it is not one."""
+    import ipaddress
+
     try:
         return format_ip(ipaddress.ip_address(text))
     except ValueError:
@@ -101,7 +114,7 @@ def _parse_host(host: str, original: str) -> tuple[str, HostKind]:
         return ip, HostKind.IP
     name = host.rstrip(".").lower()
     labels = name.split(".")
-    if not name or not all(_HOSTNAME_LABEL.match(label) for label in labels):
+    if not name or not all(re.match(_HOSTNAME_LABEL, label) for label in labels):
         raise TargetError(original, f"{host!r} is neither an IP address nor a host name")
     if all(label.isdigit() for label in labels):
         raise TargetError(original, f"{host!r} is not a valid IPv4 address")
@@ -143,7 +156,7 @@ def parse_target(text: str, *, require_port: bool = False) -> Target:
         raise TargetError(original, f"empty address; {_FORMAT_HINT}")
     scheme: str | None = None
     path: str | None = None
-    match = _SCHEME.match(text)
+    match = re.match(_SCHEME, text) if "://" in text else None
     if match:
         scheme = match.group(1).lower()
         if scheme not in DEFAULT_PORTS:
@@ -193,19 +206,23 @@ class AddressClass(enum.StrEnum):
     PUBLIC = "public"
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class AddressFacts:
-    """What an IP address is. ``mapped_ipv4`` is the IPv4 inside ``::ffff:a.b.c.d``."""
+with methods_compiled_on_first_use():
 
-    ip: str
-    family: str
-    classes: tuple[AddressClass, ...]
-    exposure: Exposure
-    mapped_ipv4: str | None
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class AddressFacts:
+        """What an IP address is. ``mapped_ipv4`` is the IPv4 inside ``::ffff:a.b.c.d``."""
+
+        ip: str
+        family: str
+        classes: tuple[AddressClass, ...]
+        exposure: Exposure
+        mapped_ipv4: str | None
 
 
 def unmap(ip: str) -> str:
     """``::ffff:127.0.0.1`` -> ``127.0.0.1``; anything else unchanged."""
+    import ipaddress
+
     address = ipaddress.ip_address(ip)
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
@@ -214,6 +231,8 @@ def unmap(ip: str) -> str:
 
 def exposure_of(ip: str) -> Exposure:
     """How far a socket bound to ``ip`` reaches, from the address alone."""
+    import ipaddress
+
     address = ipaddress.ip_address(unmap(ip.split("%", 1)[0]))
     if address.is_unspecified:
         return Exposure.ALL
@@ -224,6 +243,8 @@ def exposure_of(ip: str) -> Exposure:
 
 def classify_address(ip: str) -> AddressFacts:
     """Classify an IP address: loopback, wildcard, private, link-local, v4-mapped …"""
+    import ipaddress
+
     address = ipaddress.ip_address(ip.split("%", 1)[0])
     mapped: str | None = None
     effective: ipaddress.IPv4Address | ipaddress.IPv6Address = address

@@ -55,19 +55,39 @@ process cwd; else the directory that holds the ``node_modules`` the tool runs fr
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import ntpath
 import posixpath
 import re
+from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
 
 from portside.models import Identity, ProcessInfo
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NamedTuple, TypeVar
+
+    _T = TypeVar("_T")
+
 __all__ = ["identify"]
 
-_T = TypeVar("_T")
+
+class _Pattern:
+    """A regular expression compiled the first time it is used: this module is imported by
+    every listing, and most of its patterns only ever serve rare programs."""
+
+    __slots__ = ("_compiled", "_flags", "_source")
+
+    def __init__(self, source: str, flags: int = 0) -> None:
+        self._source = source
+        self._flags = flags
+        self._compiled: re.Pattern[str] | None = None
+
+    def match(self, text: str) -> re.Match[str] | None:
+        compiled = self._compiled
+        if compiled is None:
+            compiled = self._compiled = re.compile(self._source, self._flags)
+        return compiled.match(text)
+
 
 #: Look no further than this many arguments: a real command line is far shorter.
 _MAX_ARGS = 2048
@@ -114,6 +134,8 @@ def _resolve_dir(cwd: str | None, path: str | None) -> str | None:
     if path.startswith("~"):
         return path  # the home directory is not ours to look up
     if _is_windows_path(path) or (cwd is not None and _is_windows_path(cwd)):
+        import ntpath  # Windows paths are rare: imported when one is met
+
         if ntpath.isabs(path):
             return ntpath.normpath(path)
         return ntpath.normpath(ntpath.join(cwd, path)) if cwd and ntpath.isabs(cwd) else None
@@ -123,9 +145,14 @@ def _resolve_dir(cwd: str | None, path: str | None) -> str | None:
 
 
 def _parent_dir(path: str, levels: int = 1) -> str:
-    mod = ntpath if _is_windows_path(path) else posixpath
+    if _is_windows_path(path):
+        import ntpath  # Windows paths are rare: imported when one is met
+
+        dirname = ntpath.dirname
+    else:
+        dirname = posixpath.dirname
     for _ in range(levels):
-        path = mod.dirname(path)
+        path = dirname(path)
     return path or "."
 
 
@@ -171,25 +198,36 @@ def _only(items: Sequence[_T]) -> _T | None:
     return items[0] if len(items) == 1 else None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Inspector:
-    host: str
-    port: int
-    runtime: str = "Node.js"
+# The private records below are named tuples: immutable, and about ten times cheaper
+# to define than frozen dataclass classes (this module is imported by every listing).
+if TYPE_CHECKING:
+
+    class _Inspector(NamedTuple):
+        """A JavaScript runtime's inspector: where it listens."""
+
+        host: str
+        port: int
+        runtime: str = "Node.js"
+
+    class _CmdFields(NamedTuple):
+        prog: str
+        args: tuple[str, ...]
+        cwd: str | None
+        script: str | None = None  # the file an interpreter runs
+        inspector: _Inspector | None = None
+
+else:
+    _Inspector = namedtuple("_Inspector", "host port runtime", defaults=("Node.js",))
+    _CmdFields = namedtuple("_Cmd", "prog args cwd script inspector", defaults=(None, None))
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Cmd:
+class _Cmd(_CmdFields):
     """The program that matters after looking through launchers, and its arguments."""
 
-    prog: str
-    args: tuple[str, ...]
-    cwd: str | None
-    script: str | None = None  # the file an interpreter runs
-    inspector: _Inspector | None = None
+    __slots__ = ()
 
     def to(self, prog: str, args: Sequence[str], *, script: str | None = None) -> _Cmd:
-        return dataclasses.replace(self, prog=prog, args=tuple(args), script=script)
+        return self._replace(prog=prog, args=tuple(args), script=script)
 
 
 def _default_project(cmd: _Cmd, explicit: str | None = None) -> str | None:
@@ -214,7 +252,7 @@ def _default_project(cmd: _Cmd, explicit: str | None = None) -> str | None:
 
 # --------------------------------------------------------------------------- launchers
 
-_PYTHON = re.compile(r"^(python|pythonw|pypy)(\d+(\.\d+)*)?[a-z]?$|^py$")
+_PYTHON = _Pattern(r"^(python|pythonw|pypy)(\d+(\.\d+)*)?[a-z]?$|^py$")
 _NODE_LIKE = frozenset({"node", "nodejs", "tsx", "ts-node", "ts-node-dev", "node-dev", "nodemon"})
 _NODE_VALUE_OPTS = frozenset(
     {"-r", "--require", "--loader", "--experimental-loader", "--import", "--input-type"}
@@ -318,13 +356,13 @@ def _unwrap_node(cmd: _Cmd) -> _Cmd | None:
             return _script_cmd(cmd, arg, args[i + 1 :], inspector)
         i += 1
     if inspector != cmd.inspector:
-        return dataclasses.replace(cmd, prog="node", args=(), inspector=inspector)
+        return cmd._replace(prog="node", args=(), inspector=inspector)
     return None
 
 
 def _script_cmd(cmd: _Cmd, script: str, rest: Sequence[str], inspector: _Inspector | None) -> _Cmd:
-    return dataclasses.replace(
-        cmd, prog=_script_prog(script), args=tuple(rest), script=script, inspector=inspector
+    return cmd._replace(
+        prog=_script_prog(script), args=tuple(rest), script=script, inspector=inspector
     )
 
 
@@ -452,7 +490,7 @@ def _unwrap_deno(cmd: _Cmd) -> _Cmd | None:
         return None
     inspector = _inspector_of(args[: args.index(words[1])], None, runtime="Deno")
     nested = cmd.to(_package_prog(words[1]), args[args.index(words[1]) + 1 :])
-    return dataclasses.replace(nested, inspector=inspector)
+    return nested._replace(inspector=inspector)
 
 
 _JS_RUNNERS = frozenset({"npm", "pnpm", "yarn"})
@@ -562,10 +600,16 @@ def _pasta(cmd: _Cmd, local_port: int | None) -> Identity:
 _SSH_VALUE_FLAGS = frozenset("BbcDEeFIiJLlmOoPpQRSWw")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Forward:
-    listen_port: int | None  # None: a unix socket, or on the far side
-    target: str | None
+if TYPE_CHECKING:
+
+    class _Forward(NamedTuple):
+        """One forward of an ssh command line: its listening port, and where it leads."""
+
+        listen_port: int | None  # None: a unix socket, or on the far side
+        target: str | None
+
+else:
+    _Forward = namedtuple("_Forward", "listen_port target")
 
 
 def _ssh_fields(spec: str) -> list[str]:
@@ -787,7 +831,7 @@ def _qemu_options(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-_HOSTFWD = re.compile(
+_HOSTFWD = _Pattern(
     r"^(?:(?:tcp|udp)?:)?(\[[^\]]*\]|[^:\[\]]*):(\d{1,5})-(\[[^\]]*\]|[^:\[\]]*):(\d{1,5})$",
     re.IGNORECASE,
 )
@@ -798,6 +842,8 @@ def _hostfwds(value: str) -> list[tuple[int, str]]:
     rules: list[str] = []
     if value.lstrip().startswith("{"):
         try:
+            import json
+
             parsed: object = json.loads(value)
         except (ValueError, RecursionError):
             parsed = None
@@ -845,17 +891,17 @@ def _qemu(cmd: _Cmd, local_port: int | None) -> Identity:
 # --------------------------------------------------------------------------- socat
 
 _SOCAT_VALUE_OPTS = frozenset({"-b", "-t", "-T", "-lf", "-lp", "-L", "-W", "-r", "-R", "-X"})
-_SOCAT_LISTEN = re.compile(
+_SOCAT_LISTEN = _Pattern(
     r"^(TCP[46]?|UDP[46]?|SCTP[46]?|OPENSSL|SSL|DTLS|OPENSSL-DTLS|UNIX|ABSTRACT|VSOCK)-"
     r"(LISTEN|L|RECVFROM|RECV)$",
     re.IGNORECASE,
 )
-_SOCAT_HOSTPORT = re.compile(
+_SOCAT_HOSTPORT = _Pattern(
     r"^(TCP[46]?|UDP[46]?|SCTP[46]?)(-CONNECT|-SENDTO)?$|^(OPENSSL|SSL|DTLS|OPENSSL-DTLS-CLIENT"
     r"|OPENSSL-CONNECT|VSOCK|VSOCK-CONNECT)$",
     re.IGNORECASE,
 )
-_SOCAT_VIA = re.compile(r"^(PROXY|PROXY-CONNECT|SOCKS4A?|SOCKS5|SOCKS5-CONNECT)$", re.IGNORECASE)
+_SOCAT_VIA = _Pattern(r"^(PROXY|PROXY-CONNECT|SOCKS4A?|SOCKS5|SOCKS5-CONNECT)$", re.IGNORECASE)
 
 
 def _socat_target(address: str) -> str:
@@ -895,15 +941,21 @@ def _socat(cmd: _Cmd, local_port: int | None) -> Identity:
 # --------------------------------------------------------------------------- dev servers
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Tool:
-    """A tool whose first word picks what it does: label per subcommand (None: not a
-    server), ``default`` when there is no subcommand or an unknown one."""
+if TYPE_CHECKING:
 
-    labels: Mapping[str, str | None]
-    default: str | None = None
-    dir_options: tuple[str, ...] = ()
-    dir_positional: bool = False  # ``vite ROOT``, ``next dev DIR``
+    class _Tool(NamedTuple):
+        """A tool whose first word picks what it does: label per subcommand (None: not a
+        server), ``default`` when there is no subcommand or an unknown one."""
+
+        labels: Mapping[str, str | None]
+        default: str | None = None
+        dir_options: tuple[str, ...] = ()
+        dir_positional: bool = False  # ``vite ROOT``, ``next dev DIR``
+
+else:
+    _Tool = namedtuple(
+        "_Tool", "labels default dir_options dir_positional", defaults=(None, (), False)
+    )
 
 
 _JUPYTER_DIRS = (
@@ -1015,7 +1067,7 @@ def _tool(cmd: _Cmd, local_port: int | None) -> Identity | None:
     return Identity(kind="dev-server", label=label, project_dir=_default_project(cmd, directory))
 
 
-_APP_SPEC = re.compile(r"^\[?([A-Za-z_][\w.]*:[A-Za-z_][\w.]*(?:\(.*\))?)\]?$")
+_APP_SPEC = _Pattern(r"^\[?([A-Za-z_][\w.]*:[A-Za-z_][\w.]*(?:\(.*\))?)\]?$")
 
 
 def _wsgi(cmd: _Cmd, local_port: int | None) -> Identity:
@@ -1089,7 +1141,7 @@ _BUN_NOT_SERVING = frozenset(
     {"install", "i", "add", "a", "remove", "rm", "update", "link", "unlink", "pm", "build"}
     | {"init", "create", "c", "upgrade", "test", "publish", "outdated", "patch", "audit"}
 )
-_DEV_SCRIPT = re.compile(r"^(dev|develop|serve|server|start|preview|watch)\b", re.IGNORECASE)
+_DEV_SCRIPT = _Pattern(r"^(dev|develop|serve|server|start|preview|watch)\b", re.IGNORECASE)
 
 
 def _bun(cmd: _Cmd, local_port: int | None) -> Identity | None:

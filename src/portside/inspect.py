@@ -7,11 +7,8 @@ the hints (pure: :func:`hints_for`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
 
-from portside.addresses import exposure_of, parse_target
 from portside.errors import UsageError
-from portside.identify import identify
 from portside.models import (
     Exposure,
     Hint,
@@ -23,8 +20,20 @@ from portside.models import (
     SocketEntry,
     SocketState,
     Transport,
+    assemble,
+    methods_compiled_on_first_use,
 )
-from portside.ports import KernelPortSettings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from portside.models import Identity, ProcessInfo
+    from portside.ports import KernelPortSettings
+
+# Imported where used, to keep `portside ls` and `portside who` quick to start:
+# portside.identify (the owner recogniser, its tables), portside.addresses (ipaddress),
+# portside.kernel and portside.ports (only hints need them).
 
 #: Kinds of owner that should rarely be reachable from the network.
 _SENSITIVE_KINDS = frozenset({"service", "node-inspector", "dev-server"})
@@ -33,17 +42,27 @@ _SENSITIVE_KINDS = frozenset({"service", "node-inspector", "dev-server"})
 _IDENTITY_CACHE: dict[tuple[int, float | None, int | None], Identity | None] = {}
 
 
+def _base_identity(process: ProcessInfo) -> Identity | None:
+    """What ``process`` is, whatever the port (cached: most programs are not recognised,
+    and those are not looked at again for their other sockets)."""
+    base_key = (process.pid, process.start_time, None)
+    if base_key not in _IDENTITY_CACHE:
+        from portside.identify import identify
+
+        _IDENTITY_CACHE[base_key] = identify(process)
+    return _IDENTITY_CACHE[base_key]
+
+
 def _identity(owner: Owner, port: int) -> Identity | None:
     """``identify`` with a cache: a program not recognised at all is not looked at again
     for its other sockets (only a forwarder's target depends on the port)."""
     process = owner.process
-    base_key = (process.pid, process.start_time, None)
-    if base_key not in _IDENTITY_CACHE:
-        _IDENTITY_CACHE[base_key] = identify(process)
-    if _IDENTITY_CACHE[base_key] is None:
+    if _base_identity(process) is None:
         return None
     key = (process.pid, process.start_time, port)
     if key not in _IDENTITY_CACHE:
+        from portside.identify import identify
+
         _IDENTITY_CACHE[key] = identify(process, local_port=port)
     return _IDENTITY_CACHE[key]
 
@@ -63,7 +82,37 @@ def _with_identity(entry: SocketEntry, *, with_ancestors: bool) -> SocketEntry:
             continue
         owners.append(Owner(process=owner.process, identity=identity, ancestors=lineage))
         changed = True
-    return dataclasses.replace(entry, owners=tuple(owners)) if changed else entry
+    if not changed:
+        return entry
+    if type(entry) is not SocketEntry:
+        return dataclasses.replace(entry, owners=tuple(owners))
+    fields = entry.__dict__.copy()  # dataclasses.replace, at a fraction of the cost
+    fields["owners"] = tuple(owners)
+    return assemble(SocketEntry, fields)
+
+
+def _with_identities(entries: Iterable[SocketEntry]) -> list[SocketEntry]:
+    """``entries`` with each owner's identity filled in (no ancestry): the listing's way.
+
+    Sockets of the same processes share one tuple of owners; when none of them is a
+    program we recognise, their entries stay as they are, found out once per tuple.
+    """
+    unrecognised: dict[int, bool] = {}  # id(owners) -> no owner needs an identity
+    result: list[SocketEntry] = []
+    for entry in entries:
+        owners = entry.owners
+        if owners:
+            key = id(owners)  # alive while `entries` is: ids cannot be reused meanwhile
+            plain = unrecognised.get(key)
+            if plain is None:
+                plain = unrecognised[key] = all(
+                    owner.identity is not None or _base_identity(owner.process) is None
+                    for owner in owners
+                )
+            if not plain:
+                entry = _with_identity(entry, with_ancestors=False)
+        result.append(entry)
+    return result
 
 
 def with_identities(entries: Iterable[SocketEntry]) -> list[SocketEntry]:
@@ -178,7 +227,10 @@ def _is_root() -> bool:
 
 
 def _kernel() -> KernelPortSettings:
-    from portside.kernel import port_settings
+    # The port tables' records too are defined with their methods compiled on first use
+    # (when nothing imported them before): `portside who` needs only these settings.
+    with methods_compiled_on_first_use():
+        from portside.kernel import port_settings
 
     return port_settings()
 
@@ -187,10 +239,9 @@ def overview(*, namespaces: bool = True, backend_name: str | None = None) -> Ove
     """Listeners grouped by exposure, with their owners, what they are, and hints."""
     from portside.sockets import listeners, select_backend
 
-    entries = [
-        _with_identity(e, with_ancestors=False)
-        for e in listeners(namespaces=namespaces, backend=select_backend(backend_name))
-    ]
+    entries = _with_identities(
+        listeners(namespaces=namespaces, backend=select_backend(backend_name))
+    )
     groups: dict[Exposure, list[SocketEntry]] = {exposure: [] for exposure in Exposure}
     for entry in entries:
         groups[entry.exposure].append(entry)
@@ -202,43 +253,55 @@ def overview(*, namespaces: bool = True, backend_name: str | None = None) -> Ove
     )
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class SocketFilter:
-    """Filters of ``portside ls``; None means "any"."""
+with methods_compiled_on_first_use():
 
-    port: int | None = None
-    pid: int | None = None
-    user: str | None = None
-    transport: Transport | None = None
-    exposed: bool = False  # only sockets reachable beyond loopback
-    connections: bool = False  # include non-listening sockets
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class SocketFilter:
+        """Filters of ``portside ls``; None means "any"."""
 
-    def matches(self, entry: SocketEntry) -> bool:
-        if self.port is not None and entry.local.port != self.port:
-            return False
-        if self.transport is not None and entry.transport is not self.transport:
-            return False
-        if self.exposed and entry.exposure is Exposure.LOOPBACK:
-            return False
-        if self.pid is not None and all(o.process.pid != self.pid for o in entry.owners):
-            return False
-        if self.user is not None:
-            wanted = self.user
-            users = {o.process.user for o in entry.owners}
-            uid_text = None if entry.uid is None else str(entry.uid)
-            if wanted not in users and wanted != uid_text:
-                from portside.processes import user_name
+        port: int | None = None
+        pid: int | None = None
+        user: str | None = None
+        transport: Transport | None = None
+        exposed: bool = False  # only sockets reachable beyond loopback
+        connections: bool = False  # include non-listening sockets
 
-                if entry.uid is None or user_name(entry.uid) != wanted:
-                    return False
-        return True
+        def selects_all(self) -> bool:
+            """Whether every socket matches (no filter but ``connections`` is set)."""
+            return (
+                self.port is None
+                and self.pid is None
+                and self.user is None
+                and self.transport is None
+                and not self.exposed
+            )
+
+        def matches(self, entry: SocketEntry) -> bool:
+            if self.port is not None and entry.local.port != self.port:
+                return False
+            if self.transport is not None and entry.transport is not self.transport:
+                return False
+            if self.exposed and entry.exposure is Exposure.LOOPBACK:
+                return False
+            if self.pid is not None and all(o.process.pid != self.pid for o in entry.owners):
+                return False
+            if self.user is not None:
+                wanted = self.user
+                users = {o.process.user for o in entry.owners}
+                uid_text = None if entry.uid is None else str(entry.uid)
+                if wanted not in users and wanted != uid_text:
+                    from portside.processes import user_name
+
+                    if entry.uid is None or user_name(entry.uid) != wanted:
+                        return False
+            return True
 
 
 def list_sockets(
     selection: SocketFilter, *, namespaces: bool = True, backend_name: str | None = None
 ) -> list[SocketEntry]:
     """Listening sockets (and with ``connections`` every socket) matching ``selection``."""
-    from portside.sockets import SocketQuery, listeners, select_backend, socket_table
+    from portside.sockets import SocketQuery, _listeners, select_backend, socket_table
 
     backend = select_backend(backend_name)
     transports = (
@@ -253,15 +316,20 @@ def list_sockets(
             backend=backend,
         )
     else:
-        found = listeners(transports=transports, namespaces=namespaces, backend=backend)
-    matching = [e for e in found if selection.matches(e)]
+        # Unsorted: the sort below orders them the same way listeners() would have first
+        # (its key is a prefix of this one, and both sorts are stable).
+        found = _listeners(transports=transports, namespaces=namespaces, backend=backend)
+    if selection.selects_all():
+        matching = list(found)
+    else:
+        matching = [e for e in found if selection.matches(e)]
     matching.sort(key=lambda e: (e.local.port, e.transport, e.local.ip, e.state))
-    return [_with_identity(e, with_ancestors=False) for e in matching]
+    return _with_identities(matching)
 
 
 def _covers(bound_ip: str, wanted_ip: str) -> bool:
     """Whether a socket bound to ``bound_ip`` receives traffic for ``wanted_ip``."""
-    from portside.addresses import unmap
+    from portside.addresses import exposure_of, unmap
 
     if bound_ip == wanted_ip or unmap(bound_ip) == unmap(wanted_ip):
         return True
@@ -273,6 +341,7 @@ def _covers(bound_ip: str, wanted_ip: str) -> bool:
 
 def who(text: str, *, namespaces: bool = True, backend_name: str | None = None) -> PortHolders:
     """Everything on one port: every socket using it as local port, with owner trees."""
+    from portside.addresses import parse_target
     from portside.sockets import port_sockets, select_backend
 
     target = parse_target(text)

@@ -3,13 +3,233 @@
 The same objects feed the tables for people, ``--json`` (through :func:`to_jsonable`)
 and the tests. Addresses are normalised text (``"127.0.0.1"``, ``"::1"``) so that JSON is
 trivial and sorting is stable. This module does no I/O.
+
+Start-up cost matters here (every command imports this module), hence three choices:
+
+* The records are frozen dataclasses without ``__slots__``: the hot paths that make
+  thousands of them (the socket table) fill an instance's ``__dict__`` in one step with
+  :func:`assemble`, four times cheaper than the generated ``__init__``, and the result is
+  the same object in every respect (fields, equality, hash, repr, immutability).
+* ``dataclasses`` is imported without the ``inspect`` and ``copy`` modules it loads at
+  import time (a third of the start-up of ``portside ls``): it needs ``inspect`` only to
+  write a docstring for a class that has none (every record here has one) and ``copy``
+  only in ``asdict``/``astuple``; both are imported for real the first time they are used.
+* :func:`json_text` writes the compact JSON text of a document directly, each shared
+  record (the process behind a hundred sockets) once.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
+import sys
+import types
 from collections.abc import Mapping, Sequence
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    _R = TypeVar("_R")
+
+
+class _ImportedOnUse(types.ModuleType):
+    """Stands in for a module while ``dataclasses`` is imported; the first attribute asked
+    for imports the real module (and the stand-in leaves ``sys.modules``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        real = __import__(self.__name__)
+        return getattr(real, name)
+
+
+class _InspectStandIn(_ImportedOnUse):
+    """``inspect`` for dataclasses: all it asks for is ``str(signature(cls))``, to write
+    the docstring of a dataclass that has none (``Service(*, name: 'str')``). That text is
+    written here for the plain case (the generated ``__init__`` of a class without a
+    metaclass, ``__new__`` or ``__signature__`` of its own, annotations that are strings,
+    classes or None), exactly as inspect writes it; anything else asks the real module."""
+
+    def signature(self, obj: Any) -> Any:
+        text = _plain_signature(obj)
+        if text is None:
+            return self.__getattr__("signature")(obj)
+        return text
+
+
+def _plain_signature(cls: Any) -> str | None:
+    """``str(inspect.signature(cls))`` for the plain case described above, else None."""
+    if type(cls) is not type or getattr(cls, "__new__", None) is not object.__new__:
+        return None
+    init: Any = cls.__dict__.get("__init__")
+    if not isinstance(init, types.FunctionType):
+        return None
+    if id(getattr(cls, "__init__", None)) != id(init):  # not inherited, not replaced
+        return None
+    for name in ("__signature__", "__wrapped__", "_partialmethod"):
+        if hasattr(cls, name) or hasattr(init, name):
+            return None
+    if getattr(init, "__text_signature__", None):
+        return None
+    code = init.__code__
+    if code.co_posonlyargcount or code.co_flags & 0x0C or code.co_argcount < 1:
+        return None  # positional-only, *args or **kwargs: not a dataclass __init__
+    names = code.co_varnames
+    positional = names[1 : code.co_argcount]  # without self
+    keyword_only = names[code.co_argcount : code.co_argcount + code.co_kwonlyargcount]
+    annotations = init.__annotations__
+    defaults = init.__defaults__ or ()
+    kwdefaults = init.__kwdefaults__ or {}
+    parts: list[str] = []
+    first_default = len(positional) - len(defaults)
+    if first_default < 0:
+        return None
+    for index, name in enumerate(positional):
+        part = _plain_parameter(
+            name, annotations, index >= first_default, defaults, index - first_default
+        )
+        if part is None:
+            return None
+        parts.append(part)
+    if keyword_only:
+        parts.append("*")
+        for name in keyword_only:
+            part = _plain_parameter(name, annotations, name in kwdefaults, kwdefaults, name)
+            if part is None:
+                return None
+            parts.append(part)
+    text = f"({', '.join(parts)})"
+    if "return" in annotations:
+        returned = _plain_annotation(annotations["return"])
+        if returned is None:
+            return None
+        text += f" -> {returned}"
+    return text
+
+
+def _plain_parameter(
+    name: str, annotations: dict[str, Any], has_default: bool, defaults: Any, key: Any
+) -> str | None:
+    text = name
+    annotated = name in annotations
+    if annotated:
+        annotation = _plain_annotation(annotations[name])
+        if annotation is None:
+            return None
+        text = f"{name}: {annotation}"
+    if has_default:
+        text += f" = {defaults[key]!r}" if annotated else f"={defaults[key]!r}"
+    return text
+
+
+def _plain_annotation(annotation: Any) -> str | None:
+    """inspect.formatannotation for a str, None or a class (None: anything else)."""
+    if type(annotation) is str or annotation is None:
+        return repr(annotation)
+    if type(annotation) is type and annotation.__module__ != "typing":
+        if annotation.__module__ == "builtins":
+            return annotation.__qualname__
+        return f"{annotation.__module__}.{annotation.__qualname__}"
+    return None
+
+
+def _import_dataclasses() -> types.ModuleType:
+    if "dataclasses" in sys.modules:
+        return sys.modules["dataclasses"]
+    standins: dict[str, types.ModuleType] = {}
+    if "inspect" not in sys.modules:
+        standins["inspect"] = _InspectStandIn("inspect")
+    if "copy" not in sys.modules:
+        standins["copy"] = _ImportedOnUse("copy")
+    sys.modules.update(standins)
+    try:
+        import dataclasses
+    finally:
+        for name, standin in standins.items():
+            if sys.modules.get(name) is standin:
+                del sys.modules[name]
+    return dataclasses
+
+
+if TYPE_CHECKING:
+    import dataclasses
+else:
+    dataclasses = _import_dataclasses()
+
+
+class methods_compiled_on_first_use:
+    """Inside this block, ``@dataclasses.dataclass`` compiles a class's ``__init__`` at
+    once and its other methods (``__repr__``, ``__eq__``, ``__hash__``, the frozen
+    ``__setattr__``/``__delattr__``) the first time each is called.
+
+    Compiling the source dataclasses writes for each method is most of what defining a
+    dataclass costs (about 0.4 ms a class, a dozen classes on the path of every command),
+    and most of those methods are never called by a command that lists sockets and
+    exits. The methods, once compiled, are the very functions dataclasses makes; before
+    that, each is a stand-in that compiles it, puts it in its place and calls it.
+    Where this dataclasses has no ``_create_fn`` (other Python versions) the block
+    changes nothing.
+    """
+
+    def __enter__(self) -> None:
+        self.saved = getattr(dataclasses, "_create_fn", None)
+        if _LAZY_SUPPORTED:
+            dataclasses._create_fn = _create_fn_on_first_use  # type: ignore[attr-defined]
+
+    def __exit__(self, *_exc: object) -> None:
+        if _LAZY_SUPPORTED:
+            dataclasses._create_fn = self.saved  # type: ignore[attr-defined]
+
+
+def _lazy_supported() -> bool:
+    create = getattr(dataclasses, "_create_fn", None)
+    code = getattr(create, "__code__", None)
+    return code is not None and code.co_varnames[: code.co_argcount + code.co_kwonlyargcount] == (
+        "name",
+        "args",
+        "body",
+        "globals",
+        "locals",
+        "return_type",
+    )
+
+
+_LAZY_SUPPORTED = _lazy_supported()
+_create_fn: Any = getattr(dataclasses, "_create_fn", None)
+
+
+def _create_fn_on_first_use(
+    name: str,
+    args: Any,
+    body: Any,
+    *,
+    globals: Any = None,  # noqa: A002 -- dataclasses' own parameter names
+    locals: Any = None,  # noqa: A002
+    return_type: Any = dataclasses.MISSING,
+) -> Any:
+    def compile_now() -> Any:
+        return _create_fn(name, args, body, globals=globals, locals=locals, return_type=return_type)
+
+    if name == "__init__":
+        return compile_now()  # the signature is the class's: always the real one
+    compiled: Any = None
+
+    def method(*arguments: Any, **keywords: Any) -> Any:
+        nonlocal compiled
+        if compiled is None:
+            compiled = compile_now()
+            compiled.__qualname__ = method.__qualname__
+            if arguments:  # put the compiled method in the stand-in's place
+                for owner in type(arguments[0]).__mro__:
+                    if owner.__dict__.get(name) is method:
+                        type.__setattr__(owner, name, compiled)
+                        break
+        return compiled(*arguments, **keywords)
+
+    method.__name__ = name
+    return method
+
 
 #: Version of the JSON documents the CLI prints (``"schema"`` at the top level).
 JSON_SCHEMA_VERSION = 1
@@ -95,116 +315,130 @@ class OwnerStatus(enum.StrEnum):
     NOT_LOOKED_UP = "not-looked-up"  # the caller asked for sockets without owners
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Endpoint:
-    ip: str  # normalised text form, e.g. "127.0.0.1" or "::1"
-    port: int
+with methods_compiled_on_first_use():
 
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Endpoint:
+        """An address and port."""
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class NetNamespace:
-    """A network namespace; ``inode`` is its identity (``/proc/PID/ns/net``)."""
+        ip: str  # normalised text form, e.g. "127.0.0.1" or "::1"
+        port: int
 
-    inode: int
-    name: str  # "host", an ``ip netns`` name, or "pid:1234 (comm)"
-    is_current: bool  # the namespace portside itself runs in
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class NetNamespace:
+        """A network namespace; ``inode`` is its identity (``/proc/PID/ns/net``)."""
 
+        inode: int
+        name: str  # "host", an ``ip netns`` name, or "pid:1234 (comm)"
+        is_current: bool  # the namespace portside itself runs in
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class ProcessInfo:
-    pid: int
-    ppid: int | None
-    name: str
-    cmdline: tuple[str, ...]
-    user: str | None
-    uid: int | None
-    cwd: str | None  # None when not permitted to see
-    start_time: float | None  # seconds since the epoch
-    state: ProcessState
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class ProcessInfo:
+        """A process, as far as we may see it."""
 
+        pid: int
+        ppid: int | None
+        name: str
+        cmdline: tuple[str, ...]
+        user: str | None
+        uid: int | None
+        cwd: str | None  # None when not permitted to see
+        start_time: float | None  # seconds since the epoch
+        state: ProcessState
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Identity:
-    """What an owner is, recognised from its name and command line.
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Identity:
+        """What an owner is, recognised from its name and command line.
 
-    ``kind`` is a stable machine name (``"docker-proxy"``, ``"ssh-local-forward"``,
-    ``"qemu-hostfwd"``, ``"dev-server"``, …); ``label`` is for people; ``target`` is where
-    traffic goes next (container, tunnel or guest address) when the owner forwards it;
-    ``project_dir`` is the project a development server serves.
-    """
+        ``kind`` is a stable machine name (``"docker-proxy"``, ``"ssh-local-forward"``,
+        ``"qemu-hostfwd"``, ``"dev-server"``, …); ``label`` is for people; ``target`` is where
+        traffic goes next (container, tunnel or guest address) when the owner forwards it;
+        ``project_dir`` is the project a development server serves.
+        """
 
-    kind: str
-    label: str
-    target: str | None = None
-    project_dir: str | None = None
+        kind: str
+        label: str
+        target: str | None = None
+        project_dir: str | None = None
 
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Owner:
+        """A process holding a socket, what it is, and its ancestry (parent first)."""
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Owner:
-    """A process holding a socket, what it is, and its ancestry (parent first)."""
+        process: ProcessInfo
+        identity: Identity | None
+        ancestors: tuple[ProcessInfo, ...] = ()
 
-    process: ProcessInfo
-    identity: Identity | None
-    ancestors: tuple[ProcessInfo, ...] = ()
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class SocketEntry:
+        """One kernel socket with its owners.
 
+        ``recv_queue``/``send_queue``: for a listener, the accept-queue length and the backlog
+        (as ``ss`` shows them); otherwise bytes queued. ``v6only`` is None for IPv4 sockets and
+        when the backend cannot tell. ``exposure`` is derived from ``local.ip``.
+        """
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class SocketEntry:
-    """One kernel socket with its owners.
+        transport: Transport
+        family: Family
+        state: SocketState
+        local: Endpoint
+        remote: Endpoint | None
+        uid: int | None
+        inode: int | None
+        exposure: Exposure
+        recv_queue: int | None = None
+        send_queue: int | None = None
+        v6only: bool | None = None
+        cgroup_id: int | None = None
+        interface: str | None = None  # SO_BINDTODEVICE, when set
+        netns: NetNamespace | None = None
+        owner_status: OwnerStatus = OwnerStatus.NOT_LOOKED_UP
+        owners: tuple[Owner, ...] = ()
 
-    ``recv_queue``/``send_queue``: for a listener, the accept-queue length and the backlog
-    (as ``ss`` shows them); otherwise bytes queued. ``v6only`` is None for IPv4 sockets and
-    when the backend cannot tell. ``exposure`` is derived from ``local.ip``.
-    """
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Hint:
+        """A one-line observation about something odd, with what to do."""
 
-    transport: Transport
-    family: Family
-    state: SocketState
-    local: Endpoint
-    remote: Endpoint | None
-    uid: int | None
-    inode: int | None
-    exposure: Exposure
-    recv_queue: int | None = None
-    send_queue: int | None = None
-    v6only: bool | None = None
-    cgroup_id: int | None = None
-    interface: str | None = None  # SO_BINDTODEVICE, when set
-    netns: NetNamespace | None = None
-    owner_status: OwnerStatus = OwnerStatus.NOT_LOOKED_UP
-    owners: tuple[Owner, ...] = ()
+        code: str
+        message: str
+        fix: str | None = None
 
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class PortHolders:
+        """Everything on one port: the answer of ``portside who``."""
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Hint:
-    """A one-line observation about something odd, with what to do."""
+        port: int
+        ip: str | None  # the address asked about, if one was given
+        sockets: tuple[SocketEntry, ...]
+        hints: tuple[Hint, ...] = ()
 
-    code: str
-    message: str
-    fix: str | None = None
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Overview:
+        """The machine at a glance: listeners grouped by exposure, with hints."""
 
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class PortHolders:
-    """Everything on one port: the answer of ``portside who``."""
-
-    port: int
-    ip: str | None  # the address asked about, if one was given
-    sockets: tuple[SocketEntry, ...]
-    hints: tuple[Hint, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Overview:
-    """The machine at a glance: listeners grouped by exposure, with hints."""
-
-    loopback: tuple[SocketEntry, ...]
-    specific: tuple[SocketEntry, ...]
-    all_interfaces: tuple[SocketEntry, ...]
-    hints: tuple[Hint, ...]
+        loopback: tuple[SocketEntry, ...]
+        specific: tuple[SocketEntry, ...]
+        all_interfaces: tuple[SocketEntry, ...]
+        hints: tuple[Hint, ...]
 
 
 JSONValue = None | bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"]
+
+
+def assemble(cls: type[_R], fields: dict[str, Any]) -> _R:
+    """An instance of the record class ``cls`` made from ``fields``: every field, by name,
+    in the order the class declares them (what the generated ``__init__`` would store).
+
+    For the hot paths that make thousands of records; the instance is the same frozen
+    dataclass instance ``cls(**fields)`` gives, at a quarter of the cost.
+    """
+    record = _new(cls)
+    _set(record, "__dict__", fields)
+    return record
+
+
+_new = object.__new__
+_set = object.__setattr__
 
 
 def to_jsonable(obj: object) -> JSONValue:
@@ -220,15 +454,22 @@ _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
+def _field_names(obj: object) -> tuple[str, ...] | None:
+    """The field names of a dataclass instance (cached per class), None for anything else."""
+    cls = type(obj)
+    names = _FIELD_NAMES.get(cls)
+    if names is None and dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(obj))
+    return names
+
+
 def _encode(obj: object, memo: dict[int, JSONValue]) -> JSONValue:
     cls = type(obj)
     if cls in _SCALARS:
         return obj  # type: ignore[return-value]
     if isinstance(obj, enum.Enum):
         return _encode(obj.value, memo)
-    names = _FIELD_NAMES.get(cls)
-    if names is None and dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(obj))
+    names = _field_names(obj)
     if names is not None:
         key = id(obj)
         cached = memo.get(key)
@@ -261,6 +502,277 @@ def json_document(kind: str, payload: object) -> dict[str, JSONValue]:
     return document
 
 
+# --------------------------------------------------------------------------- JSON text
+#
+# json_text() writes exactly what ``json.dumps(json_document(kind, payload),
+# separators=(",", ":"))`` writes (ASCII, NaN allowed, keys in field order), without the
+# intermediate dicts and with each shared record encoded once: compact JSON is
+# compositional, so the text of a record met again is its first text. Anything this
+# writer does not know for certain (a Mapping with keys that are not str, a str
+# subclass, a Sequence other than a list or tuple) is handed to the reference path,
+# json.dumps(to_jsonable(...)), for that value alone.
+
+try:
+    from _json import encode_basestring_ascii as _quote
+except ImportError:  # pragma: no cover -- Python builds without the C accelerator
+    from json.encoder import encode_basestring_ascii as _quote
+
+_int_text = int.__repr__
+_float_repr = float.__repr__
+_INFINITY = float("inf")
+
+
+def _float_text(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if value == _INFINITY:
+        return "Infinity"
+    if value == -_INFINITY:
+        return "-Infinity"
+    return _float_repr(value)
+
+
+def _reference_text(value: object) -> str:
+    import json
+
+    return json.dumps(_encode(value, {}), separators=(",", ":"))
+
+
+class _Memo(dict[int, str]):
+    """One document's texts: id of a record (or tuple of records) -> its JSON text, and in
+    ``strs`` str (StrEnum, None) -> its text. Numbers are never kept in ``strs``: 1, 1.0
+    and True compare equal but are written differently."""
+
+    __slots__ = ("strs",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.strs = _StrTexts(self)
+
+
+class _StrTexts(dict[object, str]):
+    __slots__ = ("memo",)
+
+    def __init__(self, memo: _Memo) -> None:
+        super().__init__()
+        self.memo = memo
+
+    def __missing__(self, key: object) -> str:
+        text = _text(key, self.memo)
+        if key is None or isinstance(key, str):
+            self[key] = text
+        return text
+
+
+_RECORD_KEYS: dict[type, tuple[tuple[str, str], ...]] = {}
+
+
+def _text(value: object, memo: _Memo) -> str:
+    """The JSON text of ``value``: json.dumps(to_jsonable(value)), compact."""
+    cls = type(value)
+    if cls is str:
+        return _quote(value)  # type: ignore[arg-type]
+    if cls is int:
+        return _int_text(value)
+    if value is None:
+        return "null"
+    if cls is bool:
+        return "true" if value else "false"
+    if cls is float:
+        return _float_text(value)  # type: ignore[arg-type]
+    special = _RECORD_TEXT.get(cls)
+    if special is not None:
+        try:
+            return special(value, memo)
+        except TypeError:  # a field holds what its type does not say: the general way
+            pass
+    elif isinstance(value, enum.Enum):
+        return _text(value.value, memo)
+    elif cls is tuple or cls is list:
+        return "[" + ",".join([_text(item, memo) for item in value]) + "]"  # type: ignore[attr-defined]
+    keys = _RECORD_KEYS.get(cls)
+    if keys is None:
+        names = _field_names(value)
+        if names is None:
+            return _reference_text(value)
+        keys = _RECORD_KEYS[cls] = tuple((name, _quote(name) + ":") for name in names)
+    return _record_text(value, memo, keys)
+
+
+def _record_text(value: object, memo: _Memo, keys: tuple[tuple[str, str], ...]) -> str:
+    key = id(value)
+    text = memo.get(key)
+    if text is None:
+        text = memo[key] = (
+            "{"
+            + ",".join([quoted + _text(getattr(value, name), memo) for name, quoted in keys])
+            + "}"
+        )
+    return text
+
+
+def _endpoint_text(endpoint: Endpoint, memo: _Memo) -> str:
+    ip = endpoint.ip
+    port = endpoint.port
+    if type(ip) is not str or type(port) is not int:
+        raise TypeError("not the types declared")
+    return f'{{"ip":{memo.strs[ip]},"port":{port}}}'
+
+
+def _socket_entry_text(entry: SocketEntry, memo: _Memo) -> str:
+    head, owners = _socket_entry_parts(entry, memo, "")
+    return head + owners + "}"
+
+
+def _socket_entry_parts(entry: SocketEntry, memo: _Memo, lead: str) -> tuple[str, str]:
+    """``lead`` and the entry's text up to ``"owners":``, and the owners' text (a text
+    shared by every socket of the same processes: kept apart, it is not copied)."""
+    # The socket table's rows: thousands per document, so the fields are written inline;
+    # a value of another type than declared raises TypeError (the general way then).
+    strs = memo.strs
+    local = entry.local
+    if type(local) is not Endpoint:
+        raise TypeError("not the types declared")
+    ip = local.ip
+    port = local.port
+    if type(ip) is not str or type(port) is not int:
+        raise TypeError("not the types declared")
+    remote = entry.remote
+    uid = entry.uid
+    inode = entry.inode
+    recv_queue = entry.recv_queue
+    send_queue = entry.send_queue
+    v6only = entry.v6only
+    cgroup_id = entry.cgroup_id
+    netns = entry.netns
+    netns_text = "null" if netns is None else (memo.get(id(netns)) or _text(netns, memo))
+    owners = entry.owners
+    owners_text = memo.get(id(owners))
+    if owners_text is None:
+        owners_text = _text(owners, memo)
+        if type(owners) is tuple:
+            memo[id(owners)] = owners_text
+    return (
+        f'{lead}{{"transport":{strs[entry.transport]},"family":{strs[entry.family]}'
+        f',"state":{strs[entry.state]},"local":{{"ip":{strs[ip]},"port":{port}}}'
+        f',"remote":{"null" if remote is None else _text(remote, memo)}'
+        f',"uid":{uid if type(uid) is int else _text(uid, memo)}'
+        f',"inode":{inode if type(inode) is int else _text(inode, memo)}'
+        f',"exposure":{strs[entry.exposure]}'
+        f',"recv_queue":{recv_queue if type(recv_queue) is int else _text(recv_queue, memo)}'
+        f',"send_queue":{send_queue if type(send_queue) is int else _text(send_queue, memo)}'
+        f',"v6only":{"null" if v6only is None else _text(v6only, memo)}'
+        f',"cgroup_id":{cgroup_id if type(cgroup_id) is int else _text(cgroup_id, memo)}'
+        f',"interface":{strs[entry.interface]},"netns":{netns_text}'
+        f',"owner_status":{strs[entry.owner_status]},"owners":'
+    ), owners_text
+
+
+class _Pieces(list[str]):
+    """The text being written, in pieces; handed to ``sink`` (and emptied) every
+    ``_CHUNK`` pieces when there is one: megabytes are never held, nor joined, at once
+    (fresh memory costs page faults; chunks of the same size reuse theirs)."""
+
+    __slots__ = ("sink",)
+
+    def __init__(self, sink: Callable[[str], object] | None) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def spill(self) -> None:
+        if self.sink is not None and len(self) >= _CHUNK:
+            self.sink("".join(self))
+            self.clear()
+
+
+_CHUNK = 768  # pieces: about 100 kB of a socket table
+
+
+def _pieces(value: object, memo: _Memo, out: _Pieces) -> None:
+    """Append the JSON text of ``value`` to ``out``, a list of socket entries piece by
+    piece (a table's text is megabytes, most of it the owners' shared text)."""
+    if (type(value) is list or type(value) is tuple) and any(
+        type(item) is SocketEntry for item in value
+    ):
+        lead = "["
+        append = out.append
+        for item in value:
+            if type(item) is SocketEntry:
+                try:
+                    head, owners = _socket_entry_parts(item, memo, lead)
+                except TypeError:
+                    pass
+                else:
+                    append(head)
+                    append(owners)
+                    append("}")
+                    lead = ","
+                    if len(out) >= _CHUNK:
+                        out.spill()
+                    continue
+            append(lead + _text(item, memo))
+            lead = ","
+        append("]" if lead == "," else "[]")
+    else:
+        out.append(_text(value, memo))
+
+
+def _document(kind: str, payload: object, out: _Pieces) -> bool:
+    """Write ``json_document(kind, payload)`` into ``out``; False (nothing written) when
+    the payload is of a shape only the reference path handles."""
+    memo = _Memo()
+    cls = type(payload)
+    head = f'{{"schema":{JSON_SCHEMA_VERSION},"kind":{_quote(kind)}'
+    if cls is dict:
+        items: dict[str, object] = payload  # type: ignore[assignment]
+        if "schema" in items or "kind" in items or not all(type(k) is str for k in items):
+            return False
+        out.append(head)
+        for name, value in items.items():
+            out.append(f",{_quote(name)}:")
+            _pieces(value, memo, out)
+    elif cls is list or cls is tuple:
+        out.append(head)
+        out.append(',"items":')
+        _pieces(payload, memo, out)
+    else:
+        names = _field_names(payload)
+        if names is None or isinstance(payload, enum.Enum) or {"schema", "kind"} & set(names):
+            return False
+        out.append(head)
+        for name in names:
+            out.append(f",{_quote(name)}:")
+            _pieces(getattr(payload, name), memo, out)
+    out.append("}")
+    return True
+
+
+def json_text(kind: str, payload: object) -> str:
+    """The compact JSON text of ``json_document(kind, payload)``: the very text
+    ``json.dumps(json_document(kind, payload), separators=(",", ":"))`` gives, written
+    directly (several times faster for a socket table: each process, and each group of
+    owners shared by many sockets, is encoded once).
+    """
+    out = _Pieces(None)
+    if not _document(kind, payload, out):
+        return _reference_text(json_document(kind, payload))
+    return "".join(out)
+
+
+def write_json(kind: str, payload: object, write: Callable[[str], object]) -> None:
+    """:func:`json_text`, handed to ``write`` in chunks of about 100 kB as it is made.
+
+    If the payload holds something that cannot be encoded, TypeError is raised once the
+    chunks before it were written (json.dumps would have written nothing).
+    """
+    out = _Pieces(write)
+    if not _document(kind, payload, out):
+        write(_reference_text(json_document(kind, payload)))
+        return
+    if out:
+        write("".join(out))
+
+
 class Severity(enum.StrEnum):
     CRITICAL = "critical"
     HIGH = "high"
@@ -269,28 +781,35 @@ class Severity(enum.StrEnum):
     INFO = "info"
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Finding:
-    """One conclusion: a catalogue code (``FM-01`` …, or ``OK``), what was seen, what to do.
+with methods_compiled_on_first_use():
 
-    ``fix`` holds commands or steps the user can paste, in order of preference.
-    """
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Finding:
+        """One conclusion: a catalogue code (``FM-01`` …, or ``OK``), what was seen, what to do.
 
-    code: str
-    severity: Severity
-    title: str
-    evidence: tuple[str, ...] = ()
-    fix: tuple[str, ...] = ()
+        ``fix`` holds commands or steps the user can paste, in order of preference.
+        """
+
+        code: str
+        severity: Severity
+        title: str
+        evidence: tuple[str, ...] = ()
+        fix: tuple[str, ...] = ()
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Diagnosis:
+        """The answer of ``portside doctor``: the one most specific verdict, then the rest."""
+
+        target: str | None
+        verdict: Finding
+        findings: tuple[Finding, ...]
+
+        @property
+        def ok(self) -> bool:
+            return self.verdict.code == "OK"
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Diagnosis:
-    """The answer of ``portside doctor``: the one most specific verdict, then the rest."""
-
-    target: str | None
-    verdict: Finding
-    findings: tuple[Finding, ...]
-
-    @property
-    def ok(self) -> bool:
-        return self.verdict.code == "OK"
+_RECORD_TEXT: dict[type, Callable[[Any, _Memo], str]] = {
+    Endpoint: _endpoint_text,
+    SocketEntry: _socket_entry_text,
+}

@@ -25,17 +25,18 @@ from __future__ import annotations
 import dataclasses
 import enum
 import errno
-import hashlib
-import random
+import os
 import socket
+import sys
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from portside.errors import PortsideError, UsageError
-from portside.models import Transport
 from portside.ports import BROWSER_BAD_PORTS, DEV_DEFAULTS, KernelPortSettings
 
 if TYPE_CHECKING:
+    import random
+
     from portside.registry import Registry
 
 __all__ = [
@@ -53,10 +54,14 @@ __all__ = [
     "make_policy",
     "parse_range",
     "pick_port",
+    "registry_file",
     "rule_out",
     "walk",
 ]
 
+#: Overrides the directory of portside's state (the registry file).
+HOME_ENV = "PORTSIDE_HOME"
+REGISTRY_FILE_NAME = "registry.sqlite3"
 DEFAULT_RANGE: tuple[int, int] = (10000, 65535)
 #: The IANA dynamic range: the ephemeral range of macOS and Windows, assumed when the OS
 #: does not report its own.
@@ -114,7 +119,7 @@ class PickExplanation:
     """
 
     ports: tuple[int, ...]
-    transport: Transport
+    transport: str  # "tcp" or "udp" (models.Transport values; models is not imported here)
     port_range: tuple[int, int]
     ephemeral_range: tuple[int, int]
     ephemeral_source: str  # "kernel" or "assumed"
@@ -200,6 +205,8 @@ def hashed_start(key: str, policy: PickPolicy) -> int:
     Raises:
         NoFreePortError: the range holds no usable number at all.
     """
+    import hashlib
+
     digest = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
     return _nth_usable(digest, policy)
 
@@ -267,14 +274,14 @@ def ipv6_loopback_available() -> bool:
     return True
 
 
-def bind_check(port: int, *, transport: Transport = Transport.TCP, ipv6: bool = True) -> BindResult:
+def bind_check(port: int, *, udp: bool = False, ipv6: bool = True) -> BindResult:
     """Bind ``port`` on 127.0.0.1 and (with ``ipv6``) on [::1], v6only, without
     SO_REUSEADDR; the sockets are kept open in the result on success.
 
     Resource handling: on failure every socket is closed before returning; on success
     the caller closes them (:meth:`BindResult.close`).
     """
-    kind = socket.SOCK_DGRAM if transport is Transport.UDP else socket.SOCK_STREAM
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
     held: list[socket.socket] = []
     for family, host in _LOOPBACKS if ipv6 else _LOOPBACKS[:1]:
         sock = socket.socket(family, kind)
@@ -305,7 +312,7 @@ def bind_check(port: int, *, transport: Transport = Transport.TCP, ipv6: bool = 
     return BindResult(port=port, rejection=None, sockets=held)
 
 
-def _rules_text(policy: PickPolicy, transport: Transport, ipv6: bool) -> tuple[str, ...]:
+def _rules_text(policy: PickPolicy, transport: str, ipv6: bool) -> tuple[str, ...]:
     low, high = policy.port_range
     eph_low, eph_high = policy.ephemeral_range
     source = (
@@ -326,13 +333,41 @@ def _rules_text(policy: PickPolicy, transport: Transport, ipv6: bool) -> tuple[s
     rules.append(f"not a browser bad port ({len(BROWSER_BAD_PORTS)} ports, ERR_UNSAFE_PORT)")
     rules.append(f"not a common development default ({len(DEV_DEFAULTS)} ports, e.g. 3000, 8080)")
     rules.append(f"not reserved or leased in the registry ({len(policy.registry_ports)} ports)")
-    rules.append(f"bindable now over {transport.value} on {families}, without SO_REUSEADDR")
+    rules.append(f"bindable now over {transport} on {families}, without SO_REUSEADDR")
     return tuple(rules)
+
+
+def registry_file() -> str:
+    """Where the registry lives: ``$PORTSIDE_HOME/registry.sqlite3``, else the user's
+    state directory as platformdirs names it (``$XDG_STATE_HOME/portside`` or
+    ``~/.local/state/portside`` on Linux, computed without importing platformdirs).
+
+    It is defined here, not in :mod:`portside.registry`, so that ``pick`` can see that
+    there is no registry without importing SQLite, pathlib and platformdirs (~30 ms).
+    """
+    home = os.environ.get(HOME_ENV)
+    if home:
+        return os.path.join(os.path.expanduser(home), REGISTRY_FILE_NAME)  # noqa: PTH111, PTH118
+    if sys.platform == "linux":
+        # platformdirs' Unix.user_state_dir rule (a test checks that they agree).
+        base = os.environ.get("XDG_STATE_HOME", "").strip()
+        base = base or os.path.expanduser("~/.local/state")  # noqa: PTH111
+        return os.path.join(base, "portside", REGISTRY_FILE_NAME)  # noqa: PTH118
+    else:
+        import platformdirs
+
+        state = platformdirs.user_state_dir("portside", appauthor=False)
+        return os.path.join(state, REGISTRY_FILE_NAME)  # noqa: PTH118
 
 
 def _registry_ports(registry: Registry | None) -> frozenset[int]:
     if registry is not None:
         return registry.taken_ports()
+    try:
+        if os.path.getsize(registry_file()) == 0:  # noqa: PTH202 -- see registry_file
+            return frozenset()
+    except OSError:
+        return frozenset()  # no registry yet: picking never creates one
     from portside.registry import default_registry_ports
 
     return default_registry_ports()
@@ -364,12 +399,14 @@ def explain_pick(
 
         kernel = port_settings()
     policy = make_policy(kernel, port_range=port_range, registry_ports=_registry_ports(registry))
-    transport = Transport.UDP if udp else Transport.TCP
+    transport = "udp" if udp else "tcp"
     ipv6 = ipv6_loopback_available()
     span = allowed_span(policy)
     if span == 0:
         _nth_usable(0, policy)  # raises the explanatory NoFreePortError
-    start = _nth_usable((rng or random.SystemRandom()).randrange(span), policy)
+    # A random start (os.urandom: no need to import random on this path), then upwards.
+    index = int.from_bytes(os.urandom(8), "big") if rng is None else rng.randrange(span)
+    start = _nth_usable(index, policy)
     chosen: list[BindResult] = []
     tried: list[Rejected] = []
     try:
@@ -380,7 +417,7 @@ def explain_pick(
             if reason is not None:
                 tried.append(Rejected(port=port, reason=reason))
                 continue
-            result = bind_check(port, transport=transport, ipv6=ipv6)
+            result = bind_check(port, udp=udp, ipv6=ipv6)
             if result.rejection is not None:
                 tried.append(result.rejection)
                 continue

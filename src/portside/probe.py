@@ -18,9 +18,9 @@ with deadlines and hands the bytes to a sniffer, which decides.
 Why synchronous sockets and not asyncio: the recipe is a strict sequence (each probe is
 chosen from the previous answers) and ``connect_times`` measures one connect at a time on
 purpose, so concurrency would buy nothing; blocking sockets with per-call timeouts keep
-every wait visibly bounded. It also keeps ``import portside.probe`` cheap: ``socket``
-only (~7 ms); ``ssl`` (~17 ms) is imported when a TLS probe runs, and asyncio (~50 ms)
-never.
+every wait visibly bounded. It also keeps ``import portside.probe`` cheap: beyond the
+modules every command loads (addresses, models), it needs ``socket`` (~3 ms); ``ssl``
+(~17 ms) is imported only when a TLS probe runs, and asyncio (~50 ms) never.
 """
 
 from __future__ import annotations
@@ -144,6 +144,9 @@ def errno_name(exc: OSError) -> str:
     """``ECONNREFUSED``, ``ETIMEDOUT``, …: symbolic, because numbers differ per OS."""
     if isinstance(exc, TimeoutError) and exc.errno is None:
         return "ETIMEDOUT"
+    reason = getattr(exc, "reason", None)  # ssl.SSLError: its errno is OpenSSL's, not the OS's
+    if isinstance(reason, str) and reason:
+        return reason
     if exc.errno is None:
         return type(exc).__name__
     return errno.errorcode.get(exc.errno, f"errno {exc.errno}")
@@ -395,14 +398,20 @@ class _Clock:
         return LOOPBACK_SETTLE_S if self.loopback else SETTLE_S
 
 
-def _read_answer(
-    sock: socket.socket, sniffer: Sniffer, *, wait: float, settle: float, keep: bytearray
+def read_answer(
+    sock: socket.socket,
+    sniffer: Sniffer,
+    *,
+    wait: float,
+    settle: float,
+    keep: bytearray | None = None,
 ) -> tuple[Verdict, str | None]:
-    """Read until the sniffer decides, the peer closes, or the wait runs out.
+    """Read until the sniffer decides, the peer closes, or the wait runs out; return the
+    verdict and how the peer closed (``"eof"``, ``"reset"``, an errno name, or None).
 
-    After a first byte that does not decide, wait at most ``settle`` for each further
-    chunk. Every byte read is appended to ``keep`` (bounded by the sniffer's own bound:
-    it decides when full).
+    After bytes that do not decide yet, wait at most ``settle`` for each further chunk
+    (PostgreSQL's lone ``S`` is decided that way). Every byte read is appended to
+    ``keep`` (bounded by the sniffer, which decides when full).
     """
     hard = time.monotonic() + wait
     until = hard
@@ -421,7 +430,8 @@ def _read_answer(
             return sniffer.eof(), errno_name(exc)
         if not chunk:
             return sniffer.eof(), "eof"
-        keep += chunk
+        if keep is not None:
+            keep += chunk
         verdict = sniffer.feed(chunk)
         if verdict is not None:
             return verdict, None
@@ -479,12 +489,13 @@ def exchange(
         data = probe_bytes(probe) if payload is None else payload
         sent = _send(sock, data) if data else 0
         kept = bytearray()
-        verdict, closed = _read_answer(sock, Sniffer(probe), wait=wait, settle=settle, keep=kept)
+        verdict, closed = read_answer(sock, Sniffer(probe), wait=wait, settle=settle, keep=kept)
     return _record(probe, started, sent=sent, received=bytes(kept), closed=closed, verdict=verdict)
 
 
 def tls_client_context(alpn: Sequence[str] = ("h2", "http/1.1")) -> ssl.SSLContext:
-    """A client context for diagnosis: no verification, old versions allowed, ALPN set.
+    """A client context for diagnosis: no verification, ALPN set, the ssl module's
+    default versions (TLS 1.2+; an older server still shows as TLS by its alert).
 
     This looks at a server, it does not trust it: nothing sent over it is secret.
     """
@@ -493,17 +504,15 @@ def tls_client_context(alpn: Sequence[str] = ("h2", "http/1.1")) -> ssl.SSLConte
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    with contextlib.suppress(ValueError, ssl.SSLError):
-        context.minimum_version = ssl.TLSVersion.TLSv1  # see old servers too
-        context.set_ciphers("DEFAULT:@SECLEVEL=0")
     if alpn:
         context.set_alpn_protocols(list(alpn))
     return context
 
 
 def _server_name(hints: Hints) -> str | None:
+    """SNI is a host name, never an address literal."""
     name = hints.server_name
-    return name if name and not is_loopback(name) and _not_an_ip(name) else None
+    return name if name and _not_an_ip(name) else None
 
 
 def _not_an_ip(text: str) -> bool:
@@ -603,7 +612,7 @@ def tls_probe(
         sent = _send(sock, hello)
         kept = bytearray()
         sniffer = Sniffer(Probe.TLS)
-        verdict, closed = _read_answer(sock, sniffer, wait=wait, settle=settle, keep=kept)
+        verdict, closed = read_answer(sock, sniffer, wait=wait, settle=settle, keep=kept)
         info: TlsInfo | None = None
         if verdict.protocol is Protocol.TLS and not verdict.error and closed is None:
             incoming.write(bytes(kept))

@@ -16,14 +16,13 @@ so on a little-endian machine every 4-byte group is reversed.
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 from functools import lru_cache
 
-from portside.addresses import exposure_of, format_ip
 from portside.models import (
     KERNEL_TCP_STATES,
     Endpoint,
+    Exposure,
     Family,
     NetNamespace,
     SocketEntry,
@@ -63,19 +62,77 @@ def ipv4_text(raw: bytes) -> str:
     return f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}"
 
 
+_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
+
+
 @lru_cache(maxsize=4096)
 def ipv6_text(raw: bytes) -> str:
     """Sixteen bytes in network order -> portside's normal text form
-    (:func:`portside.addresses.format_ip`: ``::1``, ``::ffff:127.0.0.1``)."""
-    return format_ip(ipaddress.IPv6Address(raw))
+    (:func:`portside.addresses.format_ip`: ``::1``, ``::ffff:127.0.0.1``).
 
+    The text ``str(ipaddress.IPv6Address(raw))`` gives (RFC 5952: lower-case hex, the
+    first longest run of two or more zero groups as ``::``), without importing ipaddress.
+    """
+    if len(raw) != 16:
+        raise ValueError("an IPv6 address is 16 bytes")
+    if raw[:12] == _MAPPED_PREFIX:
+        return f"::ffff:{raw[12]}.{raw[13]}.{raw[14]}.{raw[15]}"
+    groups = [f"{(raw[i] << 8) | raw[i + 1]:x}" for i in range(0, 16, 2)]
+    best_start, best_length = -1, 0
+    start, length = -1, 0
+    for index, group in enumerate(groups):
+        if group == "0":
+            if start < 0:
+                start = index
+            length += 1
+            if length > best_length:
+                best_start, best_length = start, length
+        else:
+            start, length = -1, 0
+    if best_length < 2:
+        return ":".join(groups)
+    head = ":".join(groups[:best_start])
+    tail = ":".join(groups[best_start + best_length :])
+    return f"{head}::{tail}"
+
+
+def raw_exposure(raw: bytes) -> Exposure:
+    """:func:`portside.addresses.exposure_of` for an address as the kernel packs it (4 or
+    16 bytes in network order), without parsing text: wildcard -> ALL, 127.0.0.0/8 and
+    ``::1`` (also IPv4-mapped) -> LOOPBACK, anything else -> SPECIFIC."""
+    if len(raw) == 16:
+        if raw[:12] == _MAPPED_PREFIX:
+            raw = raw[12:]
+        elif raw == _IPV6_ANY:
+            return Exposure.ALL
+        elif raw == _IPV6_LOOPBACK:
+            return Exposure.LOOPBACK
+        else:
+            return Exposure.SPECIFIC
+    elif len(raw) != 4:
+        raise ValueError("an IP address is 4 or 16 bytes")
+    if raw == _IPV4_ANY:
+        return Exposure.ALL
+    if raw[0] == 127:
+        return Exposure.LOOPBACK
+    return Exposure.SPECIFIC
+
+
+_IPV4_ANY = bytes(4)
+_IPV6_ANY = bytes(16)
+_IPV6_LOOPBACK = bytes(15) + b"\x01"
 
 #: The wildcard addresses as text; a remote endpoint there with port 0 is "no peer".
 UNSPECIFIED_IPS = frozenset({ipv4_text(bytes(4)), ipv6_text(bytes(16))})
 
-#: exposure_of() parses the text with ipaddress; the same few local addresses recur
-#: thousands of times in a socket table, so remember the answers.
-cached_exposure = lru_cache(maxsize=4096)(exposure_of)
+
+@lru_cache(maxsize=4096)
+def cached_exposure(ip: str) -> Exposure:
+    """:func:`portside.addresses.exposure_of`, remembered: the same few local addresses
+    recur thousands of times in a socket table, and each answer parses text."""
+    from portside.addresses import exposure_of
+
+    return exposure_of(ip)
 
 
 def _hex_bytes(text: str) -> bytes:

@@ -36,15 +36,14 @@ import contextlib
 import dataclasses
 import os
 import re
-import sqlite3
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from portside.errors import BackendError, PortsideError, UsageError
 from portside.pick import (
+    HOME_ENV,
     MAX_ATTEMPTS,
     NoFreePortError,
     PickPolicy,
@@ -52,10 +51,17 @@ from portside.pick import (
     hashed_start,
     ipv6_loopback_available,
     make_policy,
+    registry_file,
     rule_out,
     walk,
 )
 from portside.ports import KernelPortSettings
+
+if TYPE_CHECKING:
+    # Imported where used: ``pick`` reads this module on its fast path, and sqlite3,
+    # pathlib and platformdirs would cost it ~30 ms of imports.
+    import sqlite3
+    from pathlib import Path
 
 __all__ = [
     "APPLICATION_ID",
@@ -75,11 +81,10 @@ __all__ = [
     "default_registry_ports",
     "process_start_token",
     "project_scope",
+    "registry_file",
     "registry_path",
 ]
 
-HOME_ENV = "PORTSIDE_HOME"
-FILE_NAME = "registry.sqlite3"
 GLOBAL_SCOPE = "global"
 #: ``PRAGMA application_id``: "PSRG" (portside registry) in ASCII.
 APPLICATION_ID = 0x50535247
@@ -196,20 +201,18 @@ class ReserveResult:
 
 
 def registry_path() -> Path:
-    """Where the registry lives: ``$PORTSIDE_HOME/registry.sqlite3``, else the user's
-    state directory (platformdirs)."""
-    home = os.environ.get(HOME_ENV)
-    if home:
-        return Path(home).expanduser() / FILE_NAME
-    import platformdirs
+    """:func:`registry_file` as a Path."""
+    from pathlib import Path
 
-    return Path(platformdirs.user_state_dir("portside", appauthor=False)) / FILE_NAME
+    return Path(registry_file())
 
 
 def project_scope(start: Path | None = None) -> str:
     """The project a command belongs to: the nearest directory holding ``.git`` (a
     directory in a main worktree, a file in a linked worktree), else the directory
     itself. Absolute and resolved."""
+    from pathlib import Path
+
     here = (start or Path.cwd()).resolve()
     for candidate in (here, *here.parents):
         if (candidate / ".git").exists():
@@ -266,6 +269,8 @@ def _looks_like_sqlite(path: Path) -> bool:
 
 
 def _damage_error(path: Path, exc: sqlite3.DatabaseError) -> RegistryError:
+    import sqlite3
+
     if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
         return RegistryBusyError(
             path, f"the registry {path} stayed locked by another process for {BUSY_TIMEOUT:.0f} s"
@@ -309,6 +314,8 @@ class Registry:
             RegistryVersionError: a newer portside wrote it.
             RegistryBusyError: another process kept the write lock too long.
         """
+        import sqlite3
+
         path = path or registry_path()
         if path.is_dir():
             raise ForeignFileError(path, "a directory")
@@ -328,26 +335,50 @@ class Registry:
         return registry
 
     def _prepare(self, migrations: Sequence[str]) -> None:
+        import sqlite3
+
         db = self._db
         try:
             db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-            self._check_identity(len(migrations))
-            version = db.execute("PRAGMA user_version").fetchone()[0]
+            with self._read():
+                # One snapshot: read separately, another process's first migration
+                # could commit between two reads and look like a foreign database.
+                version = self._check_identity(len(migrations))
             if version < len(migrations):
                 with self._write():
                     self._migrate(migrations)
-            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                db.execute("PRAGMA journal_mode = WAL")
+            self._ensure_wal()
             db.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.DatabaseError as exc:
             raise _damage_error(self.path, exc) from exc
 
-    def _check_identity(self, known_version: int) -> None:
+    def _ensure_wal(self) -> None:
+        """Switch the file to WAL (a lasting property of the file, set once).
+
+        The switch needs an exclusive lock, and SQLite answers SQLITE_BUSY at once, without
+        the busy handler, while other processes hold the file (eight opening a new
+        registry together): retry until another process has switched it or we can.
+        """
+        import sqlite3
+
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.002)  # another process holds the lock for a few microseconds
+
+    def _check_identity(self, known_version: int) -> int:
+        """Refuse a file that is not ours (run inside a transaction); its schema version."""
         db = self._db
+        tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         app_id = db.execute("PRAGMA application_id").fetchone()[0]
-        version = db.execute("PRAGMA user_version").fetchone()[0]
+        version: int = db.execute("PRAGMA user_version").fetchone()[0]
         if app_id == 0:
-            tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             if tables or version:
                 raise ForeignFileError(self.path, "another program's SQLite database")
         elif app_id != APPLICATION_ID:
@@ -360,12 +391,12 @@ class Registry:
                 f"the registry {self.path} has schema version {version}, newer than this"
                 f" portside knows ({known_version}); upgrade portside",
             )
+        return version
 
     def _migrate(self, migrations: Sequence[str]) -> None:
         """Inside the write transaction: check again (another process may have migrated
         while we waited for the lock), then apply what is missing."""
-        self._check_identity(len(migrations))
-        version: int = self._db.execute("PRAGMA user_version").fetchone()[0]
+        version = self._check_identity(len(migrations))
         for script in migrations[version:]:
             for statement in _statements(script):
                 self._db.execute(statement)
@@ -386,6 +417,8 @@ class Registry:
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction; committed on success, rolled back on error."""
+        import sqlite3
+
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -406,6 +439,8 @@ class Registry:
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: one consistent snapshot for several statements."""
+        import sqlite3
+
         db = self._db
         try:
             db.execute("BEGIN")
@@ -464,6 +499,8 @@ class Registry:
                 name's or leased.
             NoFreePortError: no usable port left in the range.
         """
+        import sqlite3
+
         name = normalise_name(name)
         if port is not None and not 1 <= port <= 65535:
             raise UsageError(f"port {port} is out of range; ports are 1-65535")
@@ -645,6 +682,8 @@ class Registry:
 
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check``: ``"ok"`` or what is wrong."""
+        import sqlite3
+
         try:
             rows = self._db.execute("PRAGMA integrity_check").fetchall()
         except sqlite3.DatabaseError as exc:
@@ -691,8 +730,11 @@ def _alive(lease: Lease) -> bool:
 def default_registry_ports() -> frozenset[int]:
     """Ports reserved or leased in the default registry; empty when it does not exist
     (looking never creates it)."""
-    path = registry_path()
-    if not path.exists() or path.stat().st_size == 0:
-        return frozenset()
-    with Registry.open(path) as registry:
+    path = registry_file()
+    try:
+        if os.path.getsize(path) == 0:  # noqa: PTH202 -- see registry_file
+            return frozenset()
+    except OSError:
+        return frozenset()  # no registry yet
+    with Registry.open(registry_path()) as registry:
         return registry.taken_ports()

@@ -19,10 +19,17 @@ from __future__ import annotations
 import struct
 import sys
 from collections import namedtuple
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, NamedTuple
 
-from portside.models import Endpoint, Family, NetNamespace, SocketEntry, SocketState, Transport
+from portside.models import (
+    Endpoint,
+    Exposure,
+    Family,
+    NetNamespace,
+    OwnerStatus,
+    SocketEntry,
+    SocketState,
+    Transport,
+)
 from portside.procfs import (
     TCP_BOUND_INACTIVE,
     TCP_CLOSE,
@@ -31,9 +38,15 @@ from portside.procfs import (
     cached_exposure,
     ipv4_text,
     ipv6_text,
+    raw_exposure,
     tcp_state,
     udp_state,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import NamedTuple
 
 # Linux numbers (this module is pure, so it does not ask the socket module for them).
 AF_INET = 2
@@ -345,3 +358,241 @@ def to_entry(
         interface=interface,
         netns=netns,
     )
+
+
+# --------------------------------------------------------------------------- bulk parsing
+#
+# A dump is thousands of messages of one shape: the kernel writes the same attributes,
+# in the same order and sizes, for every socket of one (family, protocol). dump_entries()
+# parses the first message of a run the careful way (_record: every check), derives the
+# run's layout from it, and reads the following messages with that layout in C
+# (struct.iter_unpack), checking each one's shape (length, type, family, every attribute
+# header) against the first; the first message that differs ends the run and is parsed
+# the careful way. The result is exactly parse_dump() + to_entry().
+
+
+class _Layout:
+    """How to read a run of messages shaped like one already checked."""
+
+    __slots__ = ("cgroup", "check", "family", "shape", "stride", "v6only", "values")
+
+    def __init__(self, buffer: bytes, offset: int, length: int, family: int) -> None:
+        attributes: list[tuple[int, int, int]] = []  # (header word, kind, size) in order
+        position = offset + _NLMSGHDR.size + _DIAG_MSG.size
+        end = offset + length
+        while position < end:
+            size, kind = _RTATTR.unpack_from(buffer, position)
+            word = _U32.unpack_from(buffer, position)[0]
+            attributes.append((word, kind & 0x3FFF, size))
+            position += _align(size)
+        self.stride = _align(length)
+        self.family = family
+        address = "4s12x" if family == AF_INET else "16s"
+        check = ["=IH10xB71x"]  # nlmsg_len, nlmsg_type, idiag_family; then each header
+        values = [f"=17xB2xHH{address}{address}I8x4xIIII"]
+        # Value positions: 0 state, 1 sport, 2 dport, 3 src, 4 dst, 5 ifindex, 6 rqueue,
+        # 7 wqueue, 8 uid, 9 inode, then the attributes' values in order.
+        index = 10
+        self.v6only = self.cgroup = -1
+        shape: list[int] = [length, SOCK_DIAG_BY_FAMILY, family]
+        start = offset + _NLMSGHDR.size + _DIAG_MSG.size
+        for word, kind, size in attributes:
+            room = min(_align(size), end - start) - size  # padding inside the message
+            check.append(f"I{size - _RTATTR.size + room}x")
+            shape.append(word)
+            payload = size - _RTATTR.size
+            if kind == INET_DIAG_SKV6ONLY:
+                values.append(f"4xB{payload - 1 + room}x")
+                self.v6only = index
+                index += 1
+            elif kind == INET_DIAG_CGROUP_ID:
+                values.append(f"4xQ{payload - 8 + room}x")
+                self.cgroup = index
+                index += 1
+            else:  # SHUTDOWN, MARK and the rest: not part of a SocketEntry
+                values.append(f"{size + room}x")
+            start += size + room
+        tail = f"{self.stride - length}x"
+        self.check = struct.Struct("".join(check) + tail)
+        self.values = struct.Struct("".join(values) + tail)
+        self.shape = tuple(shape)
+        if self.check.size != self.stride or self.values.size != self.stride:
+            raise AssertionError("layout size mismatch")  # pragma: no cover
+
+
+_U32 = struct.Struct("=I")
+_LAYOUTS: dict[tuple[int, ...], _Layout] = {}
+_ZERO4 = bytes(4)
+_ZERO16 = bytes(16)
+
+
+def _layout(buffer: bytes, offset: int, length: int) -> _Layout:
+    """The layout of the (already checked) message at ``offset``, cached by its shape:
+    length, family and every attribute header."""
+    key = [length, buffer[offset + _NLMSGHDR.size]]
+    position = offset + _NLMSGHDR.size + _DIAG_MSG.size
+    end = offset + length
+    while position < end:
+        word = _U32.unpack_from(buffer, position)[0]
+        key.append(word)
+        position += _align(word & 0xFFFF if _NATIVE_LITTLE else word >> 16)
+    shape = tuple(key)
+    layout = _LAYOUTS.get(shape)
+    if layout is None:
+        if len(_LAYOUTS) >= 64:
+            _LAYOUTS.clear()
+        layout = _LAYOUTS[shape] = _Layout(buffer, offset, length, buffer[offset + _NLMSGHDR.size])
+    return layout
+
+
+_new = object.__new__
+
+
+def dump_entries(
+    buffer: bytes,
+    transport: Transport,
+    *,
+    netns: NetNamespace | None = None,
+    interface_name: Callable[[int], str] | None = None,
+) -> tuple[list[SocketEntry], bool, int]:
+    """The entries of one received buffer, and (``done``, ``error``) as in
+    :func:`parse_dump`: the same as ``to_entry(record, transport, interface=...,
+    netns=netns)`` for each record ``parse_dump(buffer)`` gives, in one pass.
+
+    ``interface_name`` names a non-zero ifindex (the caller's I/O, remembered there);
+    without it the interface is None. Raises ValueError where parse_dump does.
+    """
+    entries: list[SocketEntry] = []
+    append = entries.append
+    addresses: dict[bytes, tuple[str, Exposure]] = {}
+    view = memoryview(buffer)
+    offset = 0
+    total = len(buffer)
+    while offset < total:
+        if total - offset < _NLMSGHDR.size:
+            raise ValueError("netlink header truncated")
+        length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(buffer, offset)
+        if length < _NLMSGHDR.size or offset + length > total:
+            raise ValueError("netlink message length out of bounds")
+        body = offset + _NLMSGHDR.size
+        end = offset + length
+        if kind == SOCK_DIAG_BY_FAMILY:
+            record = _record(buffer, body, end)  # the careful way, for the run's first
+            layout = _layout(buffer, offset, length)
+            count = (total - offset) // layout.stride
+            if count:
+                taken = _read_run(
+                    layout,
+                    view[offset : offset + count * layout.stride],
+                    transport,
+                    netns,
+                    interface_name,
+                    addresses,
+                    append,
+                )
+                if taken:  # always: the first message has its own shape
+                    offset += taken * layout.stride
+                    continue
+            ifindex = record.ifindex
+            found = to_entry(
+                record,
+                transport,
+                interface=interface_name(ifindex) if ifindex and interface_name else None,
+                netns=netns,
+            )
+            if found is not None:
+                append(found)
+        elif kind == NLMSG_DONE:
+            code = _I32.unpack_from(buffer, body)[0] if end - body >= _I32.size else 0
+            return entries, True, -code if code < 0 else 0
+        elif kind == NLMSG_ERROR:
+            if end - body < _I32.size:
+                raise ValueError("NLMSG_ERROR truncated")
+            code = _I32.unpack_from(buffer, body)[0]
+            return entries, True, -code if code < 0 else 0
+        offset += _align(length)
+    return entries, False, 0
+
+
+def _read_run(
+    layout: _Layout,
+    run: memoryview,
+    transport: Transport,
+    netns: NetNamespace | None,
+    interface_name: Callable[[int], str] | None,
+    addresses: dict[bytes, tuple[str, Exposure]],
+    append: Callable[[SocketEntry], None],
+) -> int:
+    """Entries of the messages at the start of ``run`` shaped like ``layout`` (the first
+    one is); returns how many messages were read."""
+    states = _TCP_STATES if transport is Transport.TCP else _UDP_STATES
+    family = layout.family
+    is_v6 = family == AF_INET6
+    family_value = Family.IPV6 if is_v6 else Family.IPV4
+    zero = _ZERO16 if is_v6 else _ZERO4
+    shape = layout.shape
+    v6only_at = layout.v6only if is_v6 else -1
+    cgroup_at = layout.cgroup
+    not_looked_up = OwnerStatus.NOT_LOOKED_UP
+    swap = _NATIVE_LITTLE
+    new = _new
+    taken = 0
+    for checked, values in zip(
+        layout.check.iter_unpack(run), layout.values.iter_unpack(run), strict=True
+    ):
+        if checked != shape:
+            break
+        taken += 1
+        state, sport, dport, src, dst, ifindex, rqueue, wqueue, uid, inode = values[:10]
+        state = states[state]
+        if state is None:
+            continue
+        if swap:
+            sport = ((sport & 0xFF) << 8) | (sport >> 8)
+        known = addresses.get(src)
+        if known is None:
+            known = addresses[src] = _address_facts(family, src)
+        # The records' __dict__ filled in place (see models.assemble): a quarter of the
+        # cost of their __init__, for thousands of sockets.
+        local = new(Endpoint)
+        fields = local.__dict__
+        fields["ip"] = known[0]
+        fields["port"] = sport
+        if dport or dst != zero:
+            if swap:
+                dport = ((dport & 0xFF) << 8) | (dport >> 8)
+            remote: Endpoint | None = new(Endpoint)
+            fields = remote.__dict__
+            fields["ip"] = _address(family, dst)
+            fields["port"] = dport
+        else:
+            remote = None
+        entry = new(SocketEntry)
+        fields = entry.__dict__
+        fields["transport"] = transport
+        fields["family"] = family_value
+        fields["state"] = state
+        fields["local"] = local
+        fields["remote"] = remote
+        fields["uid"] = uid
+        fields["inode"] = inode
+        fields["exposure"] = known[1]
+        fields["recv_queue"] = rqueue
+        fields["send_queue"] = wqueue
+        fields["v6only"] = values[v6only_at] != 0 if v6only_at >= 0 else None
+        fields["cgroup_id"] = values[cgroup_at] if cgroup_at >= 0 else None
+        fields["interface"] = interface_name(ifindex) if ifindex and interface_name else None
+        fields["netns"] = netns
+        fields["owner_status"] = not_looked_up
+        fields["owners"] = ()
+        append(entry)
+    return taken
+
+
+def _address_facts(family: int, raw: bytes) -> tuple[str, Exposure]:
+    return _address(family, raw), raw_exposure(raw if family == AF_INET6 else raw[:4])
+
+
+#: Kernel state number -> SocketState for each transport (None: not a state we know).
+_TCP_STATES: dict[int, SocketState | None] = {n: tcp_state(n) for n in range(256)}
+_UDP_STATES: dict[int, SocketState | None] = {n: udp_state(n) for n in range(256)}

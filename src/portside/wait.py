@@ -21,7 +21,8 @@ target                      ready when
 A name is resolved on every attempt and *every* address is tried (IPv4 and IPv6), so a
 server listening on 127.0.0.1 only is found even when ``localhost`` resolves to ::1 first;
 ``:PORT`` means 127.0.0.1 and ::1. The answer says which address and family were ready.
-Each attempt is bounded by ``attempt_timeout``, the whole wait by ``timeout``.
+Each attempt at each address is bounded by ``attempt_timeout``, and the whole wait by
+``timeout`` (at least one attempt is made at every target).
 """
 
 from __future__ import annotations
@@ -36,7 +37,16 @@ from typing import TYPE_CHECKING
 from portside.addresses import HostKind, Target, parse_target
 from portside.errors import UsageError
 from portside.models import Family
-from portside.probe import errno_name, open_connection, resolve, tls_client_context
+from portside.probe import (
+    LOOPBACK_SETTLE_S,
+    SETTLE_S,
+    errno_name,
+    is_loopback,
+    open_connection,
+    read_answer,
+    resolve,
+    tls_client_context,
+)
 from portside.sniff import Probe, Protocol, Sniffer, Verdict, head_length, http_get, probe_bytes
 
 if TYPE_CHECKING:
@@ -44,8 +54,11 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_INTERVAL_S = 0.5
-#: Bound on one attempt at one target (all of its addresses).
+#: Bound on one attempt at one address of a target.
 ATTEMPT_TIMEOUT_S = 2.0
+#: Even when the wait's deadline has come, each address gets this long (a loopback
+#: connect or refusal takes well under a millisecond).
+_MIN_ADDRESS_S = 0.05
 #: Bound on the bytes of an HTTP answer read to look for ``body``.
 MAX_HTTP_BYTES = 1024 * 1024
 DEFAULT_STATUSES: tuple[tuple[int, int], ...] = ((200, 399),)
@@ -179,26 +192,19 @@ def _recv(sock: socket.socket, deadline: float) -> bytes:
 
 
 def _sniff(sock: socket.socket, probe: Probe, deadline: float) -> Verdict:
+    """Send ``probe`` and sniff the answer; _NotReady when nothing came back in time."""
     payload = probe_bytes(probe)
     if payload:
         try:
             sock.sendall(payload)
         except OSError as exc:
             raise _NotReady(f"connection lost ({errno_name(exc)})") from None
-    sniffer = Sniffer(probe)
-    while True:
-        try:
-            chunk = _recv(sock, deadline)
-        except _NotReady:
-            verdict = sniffer.timeout()
-            if verdict.protocol is Protocol.SILENT:
-                raise
-            return verdict
-        if not chunk:
-            return sniffer.eof()
-        verdict_or_none = sniffer.feed(chunk)
-        if verdict_or_none is not None:
-            return verdict_or_none
+    settle = LOOPBACK_SETTLE_S if is_loopback(sock.getpeername()[0]) else SETTLE_S
+    wait = max(deadline - time.monotonic(), 0.0)
+    verdict, _closed = read_answer(sock, Sniffer(probe), wait=wait, settle=settle)
+    if verdict.protocol is Protocol.SILENT:
+        raise _NotReady("no answer in time")
+    return verdict
 
 
 def _header(head: bytes, name: str) -> str | None:
@@ -342,20 +348,30 @@ def _check_address(
 
 
 def check(
-    target: Target, condition: Condition | None = None, *, timeout: float = ATTEMPT_TIMEOUT_S
+    target: Target,
+    condition: Condition | None = None,
+    *,
+    timeout: float = ATTEMPT_TIMEOUT_S,
+    deadline: float | None = None,
 ) -> Check:
-    """One attempt: every address of ``target`` in resolver order, until one is ready."""
+    """One attempt: every address of ``target`` in resolver order, until one is ready.
+
+    Each address gets its own ``timeout`` (a firewall dropping ::1 must not starve
+    127.0.0.1), cut short by ``deadline`` (a ``time.monotonic()`` value) when given.
+    """
     condition = condition or Condition()
     if target.port is None:
         raise UsageError(f"{target.text!r}: no port given; write HOST:PORT or a URL")
-    deadline = time.monotonic() + timeout
     resolution = resolve(target)
     if not resolution.addresses:
         return Check(ready=False, detail=resolution.error or "the name does not resolve")
     failures: list[str] = []
     for address in resolution.addresses:
+        until = time.monotonic() + timeout
+        if deadline is not None:
+            until = max(min(until, deadline), time.monotonic() + _MIN_ADDRESS_S)
         try:
-            detail = _check_address(target, address.ip, target.port, condition, deadline)
+            detail = _check_address(target, address.ip, target.port, condition, until)
         except _NotReady as exc:
             failures.append(f"{_shown(address.ip, target.port)} {exc}")
             continue
@@ -420,8 +436,7 @@ def wait_for(
         )
 
     def attempt(index: int) -> Check:
-        bound = min(attempt_timeout, max(deadline - time.monotonic(), 0.05))
-        return check(parsed[index], condition, timeout=bound)
+        return check(parsed[index], condition, timeout=attempt_timeout, deadline=deadline)
 
     from concurrent.futures import ThreadPoolExecutor
 

@@ -192,8 +192,8 @@ def bound_port(host: str = LOOPBACK) -> Iterator[socket.socket]:
 
 
 @contextlib.contextmanager
-def redis_server(*, password: str | None = None) -> Iterator[tuple[int, Path]]:
-    """A private redis-server on 127.0.0.1; yields (port, its log file)."""
+def redis_server(*, auth: bool = False) -> Iterator[tuple[int, Path]]:
+    """A private redis-server on 127.0.0.1 (``auth``: with a password); yields (port, log)."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (Debian package redis-server; CI installs it)")
@@ -205,8 +205,8 @@ def redis_server(*, password: str | None = None) -> Iterator[tuple[int, Path]]:
                 "--appendonly", "no", "--dir", str(workdir),
                 "--logfile", str(workdir / f"redis-{port}.log"),
             ]  # fmt: skip
-            if password is not None:
-                command += ["--requirepass", password]
+            if auth:
+                command += ["--requirepass", "portside-test"]
             return command
 
         with child_on_free_port(argv, log_dir=workdir, label="redis") as (_proc, port, _):

@@ -73,7 +73,7 @@ def test_a_tls_server_reports_version_alpn_and_certificate(tls_port, workdir):
         text=True,
         check=True,
     ).stdout  # notAfter=Nov 24 08:09:12 2026 GMT
-    month, day, clock, year = expected_end.split("=", 1)[1].split()[:4]
+    _month, _day, clock, year = expected_end.split("=", 1)[1].split()[:4]
     assert cert.not_after is not None
     assert cert.not_after.startswith(f"{year}-")
     assert cert.not_after.endswith(f"T{clock}Z")
@@ -114,7 +114,7 @@ def test_redis_named_by_its_owner_is_asked_ping_first():
 
 
 def test_redis_with_a_password_answers_noauth():
-    with _servers.redis_server(password="s3cret") as (port, log):
+    with _servers.redis_server(auth=True) as (port, log):
         result = identify(LOOPBACK, port, timeout=10, hints=Hints(scheme="redis"))
         log_text = log.read_text()
     assert result.protocol is Protocol.REDIS

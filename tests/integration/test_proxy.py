@@ -92,7 +92,7 @@ def test_hop_by_hop_headers_go_and_forwarding_headers_come(two_backends):
         )
     assert response.status == 200
     info = response.json()
-    headers = {}
+    headers: dict[str, list[str]] = {}
     for key, value in info["headers"]:
         headers.setdefault(key.lower(), []).append(value)
     assert info["target"] == "/info?q=1"
@@ -111,7 +111,7 @@ def test_the_backend_address_is_sent_as_host_when_asked(two_backends):
     b1, _ = two_backends
     with ProxyThread([route(f"app.localhost={b1.address}", preserve_host=False)]) as proxy:
         info = request(proxy.port, "/info").json()
-    assert dict((k.lower(), v) for k, v in info["headers"])["host"] == b1.address
+    assert {k.lower(): v for k, v in info["headers"]}["host"] == b1.address
 
 
 def test_routes_by_host_and_longest_path_prefix(two_backends):
@@ -130,7 +130,9 @@ def test_routes_added_at_run_time_serve_at_once(two_backends):
     b1, b2 = two_backends
     with ProxyThread([route(f"app.localhost={b1.address}")]) as proxy:
         assert request(proxy.port, "/", host="new.localhost").status == 404
-        proxy.in_loop(lambda: proxy.proxy.routes.add(route(f"new.localhost={b2.address}", source="registry")))
+        proxy.in_loop(
+            lambda: proxy.proxy.routes.add(route(f"new.localhost={b2.address}", source="registry"))
+        )
         assert request(proxy.port, "/info", host="new.localhost").json()["backend"] == "b2"
         proxy.in_loop(lambda: proxy.proxy.routes.remove("new.localhost", "/"))
         assert request(proxy.port, "/", host="new.localhost").status == 404
@@ -139,8 +141,13 @@ def test_routes_added_at_run_time_serve_at_once(two_backends):
 def test_a_chunked_upload_streams_through_and_a_chunked_answer_comes_back(two_backends):
     b1, _ = two_backends
     body = os.urandom(300_000)
-    with ProxyThread([route(f"*={b1.address}")]) as proxy, socket.create_connection((LOOPBACK, proxy.port), timeout=10) as sock:
-        sock.sendall(b"PUT /echo HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: chunked\r\n\r\n")
+    with (
+        ProxyThread([route(f"*={b1.address}")]) as proxy,
+        socket.create_connection((LOOPBACK, proxy.port), timeout=10) as sock,
+    ):
+        sock.sendall(
+            b"PUT /echo HTTP/1.1\r\nHost: app.localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
         for start in range(0, len(body), 70_000):
             piece = body[start : start + 70_000]
             sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
@@ -152,7 +159,10 @@ def test_a_chunked_upload_streams_through_and_a_chunked_answer_comes_back(two_ba
 
 def test_keep_alive_holds_after_uploads_answered_once_the_body_is_in(two_backends):
     b1, _ = two_backends
-    with ProxyThread([route(f"*={b1.address}")]) as proxy, socket.create_connection((LOOPBACK, proxy.port), timeout=10) as sock:
+    with (
+        ProxyThread([route(f"*={b1.address}")]) as proxy,
+        socket.create_connection((LOOPBACK, proxy.port), timeout=10) as sock,
+    ):
         rest = b""
         for size in (0, 10, 200_000):
             sock.sendall(encode_request("POST", "/info", body=os.urandom(size)))
@@ -166,7 +176,10 @@ def test_keep_alive_holds_after_uploads_answered_once_the_body_is_in(two_backend
 
 def test_expect_100_continue_is_answered_before_the_body_is_sent(two_backends):
     b1, _ = two_backends
-    with ProxyThread([route(f"*={b1.address}")]) as proxy, socket.create_connection((LOOPBACK, proxy.port), timeout=10) as sock:
+    with (
+        ProxyThread([route(f"*={b1.address}")]) as proxy,
+        socket.create_connection((LOOPBACK, proxy.port), timeout=10) as sock,
+    ):
         sock.sendall(
             b"PUT /echo HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
         )
@@ -180,7 +193,10 @@ def test_expect_100_continue_is_answered_before_the_body_is_sent(two_backends):
 
 def test_head_responses_keep_the_backends_length_and_the_connection(two_backends):
     b1, _ = two_backends
-    with ProxyThread([route(f"*={b1.address}")]) as proxy, socket.create_connection((LOOPBACK, proxy.port), timeout=10) as sock:
+    with (
+        ProxyThread([route(f"*={b1.address}")]) as proxy,
+        socket.create_connection((LOOPBACK, proxy.port), timeout=10) as sock,
+    ):
         sock.sendall(encode_request("HEAD", "/info"))
         head, rest = read_response(sock, method="HEAD")
         assert head.status == 200
@@ -221,7 +237,9 @@ def test_a_silent_backend_gives_a_504():
     silent.listen(8)  # accepts (in the kernel) and never answers
     address = f"{LOOPBACK}:{silent.getsockname()[1]}"
     try:
-        with ProxyThread([route(f"*={address}")], ProxyOptions(access_log="off", response_timeout_s=0.3)) as proxy:
+        with ProxyThread(
+            [route(f"*={address}")], ProxyOptions(access_log="off", response_timeout_s=0.3)
+        ) as proxy:
             response = request(proxy.port, "/")
     finally:
         silent.close()
@@ -289,7 +307,9 @@ def test_a_pooled_connection_the_backend_dropped_is_retried_only_when_safe():
 def test_disallowed_hosts_are_refused_and_allowed_ones_pass(two_backends):
     b1, _ = two_backends
     options = ProxyOptions(access_log="off", allow_hosts=("dev.test",))
-    with ProxyThread([route(f"*={b1.address}"), route(f"*.example={b1.address}")], options) as proxy:
+    with ProxyThread(
+        [route(f"*={b1.address}"), route(f"*.example={b1.address}")], options
+    ) as proxy:
         assert request(proxy.port, "/", host="evil.com").status == 403
         assert request(proxy.port, "/", host="evil.com:80").status == 403
         assert request(proxy.port, "/info", host="dev.test").status == 200
@@ -320,7 +340,9 @@ def test_the_dashboard_answers_on_its_name_and_under_the_prefix(two_backends):
 def test_the_access_log_writes_one_json_line_per_request(two_backends):
     b1, _ = two_backends
     stream = io.StringIO()
-    with ProxyThread([route(f"*={b1.address}")], ProxyOptions(access_log="json", log_stream=stream)) as proxy:
+    with ProxyThread(
+        [route(f"*={b1.address}")], ProxyOptions(access_log="json", log_stream=stream)
+    ) as proxy:
         request(proxy.port, "/info?a=1", method="POST", body=b"abc")
     line = json.loads(stream.getvalue().splitlines()[0])
     assert line["method"] == "POST"
@@ -336,7 +358,7 @@ def test_active_checks_mark_a_backend_down_and_up_again(two_backends):
     with ProxyThread([route(f"*={b1.address},{b2.address}", health=spec)]) as proxy:
 
         def health_of(address: str) -> str:
-            return {b["address"]: b["health"] for b in proxy.status()["backends"]}[address]
+            return str({b["address"]: b["health"] for b in proxy.status()["backends"]}[address])
 
         b1.server.health_status = 503
         wait_for(lambda: health_of(b1.address) == "down", what="b1 marked down")
@@ -351,7 +373,10 @@ def test_the_config_file_is_read_and_reloaded_without_dropping_connections(tmp_p
     config = tmp_path / "routes.toml"
     config.write_text(f'[[route]]\nhost = "app.localhost"\nbackends = ["{b1.address}"]\n')
     options = ProxyOptions(access_log="off", config_path=config)
-    with ProxyThread([], options) as proxy, socket.create_connection((LOOPBACK, proxy.port), timeout=10) as sock:
+    with (
+        ProxyThread([], options) as proxy,
+        socket.create_connection((LOOPBACK, proxy.port), timeout=10) as sock,
+    ):
         sock.sendall(encode_request("GET", "/info"))
         before, rest = read_response(sock)
         assert before.json()["backend"] == "b1"
@@ -389,7 +414,10 @@ def test_websocket_echo_through_the_proxy(loop):
     thread.start()
     assert ready.wait(10)
     try:
-        with ProxyThread([route(f"*={LOOPBACK}:{holder['port']}")], loop=loop) as proxy, socket.create_connection((LOOPBACK, proxy.port), timeout=10) as sock:
+        with (
+            ProxyThread([route(f"*={LOOPBACK}:{holder['port']}")], loop=loop) as proxy,
+            socket.create_connection((LOOPBACK, proxy.port), timeout=10) as sock,
+        ):
             key = "dGhlIHNhbXBsZSBub25jZQ=="
             sock.sendall(
                 encode_request(

@@ -36,6 +36,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -55,13 +56,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # head and body go out in separate writes
     server: _Server
 
-    def handle_one_request(self) -> None:
-        super().handle_one_request()
-        if self.requestline:
+    def parse_request(self) -> bool:
+        with self.server.lock:  # counted before any answer goes out
             self.server.requests += 1
+        return super().parse_request()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
         pass
+
+    def end_headers(self) -> None:
+        self.send_header("X-Backend", self.server.name)
+        super().end_headers()
 
     # --- bodies ------------------------------------------------------------------------
 
@@ -91,6 +96,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 yield data
 
     def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
+        with self.server.lock:
+            self.server.answered += 1
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -195,7 +202,13 @@ class _Server(http.server.ThreadingHTTPServer):
         self.health_status = 200
         self.digests: dict[str, str] = {}
         self.stopping = threading.Event()
+        self.lock = threading.Lock()
         self.requests = 0  # request lines read (also malformed ones)
+        self.answered = 0  # complete responses sent by _send
+        self.errors: list[str] = []  # handler failures (cut bodies are expected in tests)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        self.errors.append(repr(sys.exc_info()[1]))  # instead of a traceback on stderr
 
 
 class Backend:
@@ -252,6 +265,70 @@ class ChildBackend:
         self.proc.wait(10)
         if self.proc.stdout:
             self.proc.stdout.close()
+
+
+PROXY_LAUNCH = """
+import argparse, sys
+from portside.cli._proxy import add_arguments, run_proxy
+parser = argparse.ArgumentParser()
+parser.add_argument("--json", action="store_true")
+add_arguments(parser)
+sys.exit(run_proxy(parser.parse_args(sys.argv[1:])))
+"""
+
+
+class ChildProxy:
+    """``portside proxy`` (its CLI runner) in a child process; stopped by its pid."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        if "--access-log" not in args:
+            args = (*args, "--access-log", "off")  # nobody reads stdout after the first line
+        self.errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", PROXY_LAUNCH, "--json", *args],
+            stdout=subprocess.PIPE,
+            stderr=self.errors,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # printed once it listens
+        if not line:
+            self.proc.wait(10)
+            raise RuntimeError(f"proxy exited with {self.proc.returncode}: {self.stderr()}")
+        self.started = json.loads(line)
+        self.port = int(self.started["listen"].rsplit(":", 1)[1])
+        self.pid = self.proc.pid
+
+    def stderr(self) -> str:
+        self.errors.seek(0)
+        return self.errors.read().decode(errors="replace")
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def status(self) -> Any:
+        return request(self.port, "/status.json", host="portside.localhost").json()
+
+    def stop(self) -> int:
+        """SIGTERM, then wait; SIGKILL only if it hangs. Returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.errors.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> ChildProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 # --- a raw HTTP/1.1 client ------------------------------------------------------------------
@@ -318,7 +395,7 @@ def read_response(
 
 
 def _read_chunked(sock: socket.socket, data: bytes) -> tuple[bytes, bytes]:
-    body = []
+    body: list[bytes] = []
     while True:
         while b"\r\n" not in data:
             data += sock.recv(65536)

@@ -199,3 +199,163 @@ def test_requests_declare_their_own_length_and_carry_the_port(family, protocol, 
         assert len(request) == 72
     else:
         assert struct.unpack_from("=H", request, 82)[0] == port
+
+
+# --- sock_diag in bulk: dump_entries is parse_dump + to_entry -----------------------------
+
+
+def reference_entries(buffer: bytes, transport: Transport):
+    """What parse_dump + to_entry give (the careful way), or the ValueError's text."""
+    from portside.sockdiag import to_entry
+
+    try:
+        chunk = parse_dump(buffer)
+    except ValueError as error:
+        return str(error)
+    entries = []
+    for record in chunk.records:
+        name = f"if{record.ifindex}" if record.ifindex else None
+        found = to_entry(record, transport, interface=name, netns=NAMESPACE)
+        if found is not None:
+            entries.append(found)
+    return entries, chunk.done, chunk.error
+
+
+def bulk_entries(buffer: bytes, transport: Transport):
+    from portside.sockdiag import dump_entries
+
+    try:
+        entries, finished, code = dump_entries(
+            buffer, transport, netns=NAMESPACE, interface_name=lambda index: f"if{index}"
+        )
+    except ValueError as error:
+        return str(error)
+    return entries, finished, code
+
+
+def same_outcome(buffer: bytes, transport: Transport) -> None:
+    expected = reference_entries(buffer, transport)
+    got = bulk_entries(buffer, transport)
+    if isinstance(expected, str) or isinstance(got, str):
+        assert got == expected
+        return
+    assert got[1:] == expected[1:]
+    assert got[0] == expected[0]
+    assert [repr(entry) for entry in got[0]] == [repr(entry) for entry in expected[0]]
+
+
+NAMESPACE = None
+
+# One shape of message (family and attributes), many messages of it: what the kernel sends.
+attribute_shapes = st.lists(
+    st.tuples(st.sampled_from([8, 11, 15, 21, 22, 1, 0x8015]), st.integers(0, 12)), max_size=5
+)
+
+
+def shaped_message(family: int, shape, values, data) -> bytes:
+    state, sport, dport, ifindex, rqueue, wqueue, uid, inode = values
+    size = 16 if family == AF_INET6 else 4
+    src = data.draw(
+        st.one_of(
+            st.just(bytes(size)),
+            st.just(bytes(size - 1) + b"\x01"),
+            st.just(bytes([127, 0, 0, 1]) + bytes(size - 4)),
+            st.just(bytes(10) + b"\xff\xff\x7f\x00\x00\x01" if size == 16 else bytes(4)),
+            st.binary(min_size=size, max_size=size),
+        )
+    ).ljust(16, b"\0")
+    dst = data.draw(st.one_of(st.just(bytes(16)), st.binary(min_size=16, max_size=16)))
+    attrs = b"".join(
+        rtattr(kind, data.draw(st.binary(min_size=n, max_size=n))) for kind, n in shape
+    )
+    payload = (
+        struct.pack("=BBBB", family, state, 0, 0)
+        + struct.pack(">HH", sport, dport)
+        + src
+        + dst
+        + struct.pack("=I", ifindex)
+        + b"\xff" * 8
+        + struct.pack("=IIIII", 0, rqueue, wqueue, uid, inode)
+        + attrs
+    )
+    return nlmsg(20, payload)
+
+
+message_values = st.tuples(
+    st.sampled_from([1, 7, 10, 6, 13, 0, 99]),
+    st.integers(0, 65535),
+    st.sampled_from([0, 0, 443]),
+    st.sampled_from([0, 0, 3]),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+)
+
+
+@given(
+    family=st.sampled_from([AF_INET, AF_INET6]),
+    shape=attribute_shapes,
+    other_shape=attribute_shapes,
+    values=st.lists(message_values, min_size=1, max_size=12),
+    odd_at=st.none() | st.integers(0, 12),
+    ending=st.sampled_from(["done", "error", "none", "noop"]),
+    transport=st.sampled_from([Transport.TCP, Transport.UDP]),
+    cut=st.none() | st.integers(0, 2000),
+    data=st.data(),
+)
+def test_runs_of_one_shape_are_read_as_the_careful_parser_reads_them(
+    family, shape, other_shape, values, odd_at, ending, transport, cut, data
+):
+    messages = [shaped_message(family, shape, v, data) for v in values]
+    if odd_at is not None and odd_at <= len(messages):
+        odd_family = data.draw(st.sampled_from([AF_INET, AF_INET6, 7]))
+        messages.insert(odd_at, shaped_message(odd_family, other_shape, values[0], data))
+    if ending == "done":
+        messages.append(nlmsg(3, struct.pack("=i", 0)))
+    elif ending == "error":
+        messages.append(nlmsg(2, struct.pack("=i", -16) + bytes(16)))
+    elif ending == "noop":
+        messages.append(nlmsg(1, b""))
+    buffer = b"".join(messages)
+    same_outcome(buffer, transport)
+    if cut is not None:
+        same_outcome(buffer[:cut], transport)
+
+
+@given(buffer=st.lists(messages, max_size=8).map(b"".join), cut=st.integers(0, 900))
+def test_any_structured_buffer_reads_the_same_in_bulk(buffer, cut):
+    for transport in (Transport.TCP, Transport.UDP):
+        same_outcome(buffer, transport)
+        same_outcome(buffer[:cut], transport)
+
+
+@given(data=st.binary(max_size=700))
+def test_any_bytes_read_the_same_in_bulk(data):
+    same_outcome(data, Transport.TCP)
+
+
+# --- addresses from raw bytes --------------------------------------------------------------
+
+raw_ipv6 = st.one_of(
+    st.binary(min_size=16, max_size=16),
+    st.lists(st.sampled_from([0, 0, 0, 1, 0xFFFF, 0xABCD]), min_size=8, max_size=8).map(
+        lambda groups: struct.pack(">8H", *groups)
+    ),
+    st.binary(min_size=4, max_size=4).map(lambda v4: bytes(10) + b"\xff\xff" + v4),
+)
+
+
+@given(raw=raw_ipv6)
+def test_ipv6_text_is_ipaddress_text_without_ipaddress(raw):
+    from portside.procfs import ipv6_text
+
+    assert ipv6_text.__wrapped__(raw) == format_ip(ipaddress.IPv6Address(raw))
+
+
+@given(raw=st.one_of(raw_ipv6, st.binary(min_size=4, max_size=4), st.just(bytes([127, 9, 9, 9]))))
+def test_exposure_from_raw_bytes_is_exposure_of_the_text(raw):
+    from portside.procfs import ipv4_text, ipv6_text, raw_exposure
+
+    text = ipv4_text(raw) if len(raw) == 4 else ipv6_text(raw)
+    assert raw_exposure(raw) is exposure_of(text)

@@ -441,3 +441,9 @@ def test_a_certificate_without_extensions_has_no_sans(tmp_path):
 def test_garbage_is_not_a_certificate(der):
     with pytest.raises(ProtocolError):
         parse_certificate(der)
+
+
+def test_sniff_is_sans_io():
+    from tests.test_architecture import IO_MODULES, PKG, imported_roots
+
+    assert imported_roots(PKG / "sniff.py").isdisjoint(IO_MODULES)

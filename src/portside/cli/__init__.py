@@ -1,15 +1,127 @@
 """Command-line interface: parse, call the library, render. Nothing else.
 
 argparse (stdlib) keeps start-up cheap; every command module is imported only when that
-command runs, and rich only when a table is drawn on a terminal.
+command runs, and rich only when a table is drawn on a terminal. The commands whose
+start-up is measured against ``ss`` (``portside ls``, ``portside who PORT``, the overview)
+are recognised without argparse when their arguments are plain flags (:func:`_fast_options`
+gives what argparse would); anything else goes through the full parser.
 """
 
 from __future__ import annotations
 
+import gc
 import sys
-from collections.abc import Sequence
 
-from portside.errors import ExitCode
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+
+
+class Handler:
+    """A command's entry point, ``portside.cli.<module>.<function>(options)``, imported
+    when the command runs."""
+
+    __slots__ = ("function", "module")
+
+    def __init__(self, module: str, function: str) -> None:
+        self.module = module
+        self.function = function
+
+    def __call__(self, options: argparse.Namespace) -> int:
+        name = f"portside.cli.{self.module}"
+        __import__(name)  # importlib.import_module, without importing importlib
+        run = getattr(sys.modules[name], self.function)
+        status: int = run(options)
+        return status
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Handler):
+            return NotImplemented
+        return (self.module, self.function) == (other.module, other.function)
+
+    def __hash__(self) -> int:
+        return hash((self.module, self.function))
+
+    def __repr__(self) -> str:
+        return f"Handler({self.module!r}, {self.function!r})"
+
+
+#: The flags every inspection command takes: option -> (attribute, value when given).
+_INSPECTION_FLAGS = {
+    "--json": ("json", True),
+    "--no-color": ("no_color", True),
+    "--debug": ("debug", True),
+    "--no-netns": ("namespaces", False),
+}
+_LS_FLAGS = {
+    **_INSPECTION_FLAGS,
+    "-a": ("all", True),
+    "--all": ("all", True),
+    "--exposed": ("exposed", True),
+}
+
+
+#: Commands that run briefly and allocate much (see main).
+_BRIEF = frozenset(
+    {
+        Handler("_inspect", "run_ls"),
+        Handler("_inspect", "run_who"),
+        Handler("_inspect", "run_overview"),
+    }
+)
+
+
+def _fast_options(args: list[str]) -> argparse.Namespace | None:
+    """What ``build_parser().parse_args(args)`` gives for the overview, ``ls`` and ``who
+    TARGET`` with only whole flags (no values, no abbreviations), without importing
+    argparse; None for anything else (the parser then decides, errors and help included).
+    """
+    from types import SimpleNamespace
+
+    values: dict[str, object] = {
+        "json": False,
+        "no_color": False,
+        "debug": False,
+        "backend": None,
+        "namespaces": True,
+    }
+    command = args[0] if args else None
+    if command == "ls":
+        flags = _LS_FLAGS
+        values.update(
+            handler=Handler("_inspect", "run_ls"),
+            all=False,
+            port=None,
+            pid=None,
+            user=None,
+            proto=None,
+            exposed=False,
+        )
+        rest = args[1:]
+    elif command == "who":
+        flags = _INSPECTION_FLAGS
+        values["handler"] = Handler("_inspect", "run_who")
+        rest = args[1:]
+    else:
+        flags = _INSPECTION_FLAGS
+        values["handler"] = Handler("_inspect", "run_overview")
+        rest = args
+    positionals: list[str] = []
+    for arg in rest:
+        flag = flags.get(arg)
+        if flag is not None:
+            values[flag[0]] = flag[1]
+        elif command == "who" and not arg.startswith("-"):
+            positionals.append(arg)
+        else:
+            return None
+    if command == "who":
+        if len(positionals) != 1:
+            return None
+        values["target"] = positionals[0]
+    # Same attributes as argparse.Namespace, read the same way by the handlers.
+    return SimpleNamespace(**values)  # type: ignore[return-value]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -22,17 +134,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         from portside._version import __version__
 
         sys.stdout.write(f"portside {__version__}\n")
-        return ExitCode.OK
+        return 0  # ExitCode.OK
 
-    from portside.cli._parser import build_parser
-    from portside.errors import PortsideError
+    from portside.errors import ExitCode, PortsideError
 
-    parser = build_parser()
-    try:
-        options = parser.parse_args(args)
-    except SystemExit as exc:  # argparse exits on --help and on bad usage
-        return int(exc.code or 0)
+    options = _fast_options(args)
+    if options is None:
+        from portside.cli._parser import build_parser
+
+        parser = build_parser()
+        try:
+            options = parser.parse_args(args)
+        except SystemExit as exc:  # argparse exits on --help and on bad usage
+            return int(exc.code or 0)
     debug = bool(getattr(options, "debug", False))
+    # The inspection commands make tens of thousands of objects in a few milliseconds
+    # and then exit: the cyclic garbage collector would only walk them over and over
+    # (a tenth of `portside ls`). Reference counting still frees everything.
+    pause_gc = options.handler in _BRIEF and gc.isenabled()
+    if pause_gc:
+        gc.disable()
     try:
         status: int = options.handler(options)
     except PortsideError as exc:
@@ -46,4 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (``portside ls | head``): not an error of ours.
         sys.stderr.close()
         return ExitCode.OK
+    finally:
+        if pause_gc:
+            gc.enable()
     return status

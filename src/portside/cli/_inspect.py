@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-import shlex
-
 from portside.cli import _render as render
 from portside.errors import ExitCode
 from portside.inspect import SocketFilter, list_sockets, overview, who
 from portside.models import SocketEntry, Transport
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
 
 
 def run_overview(options: argparse.Namespace) -> int:
@@ -88,6 +89,8 @@ def _socket_block(entry: SocketEntry) -> list[str]:
         if what:
             lines.append(f"    is:  {what}")
         if process.cmdline:
+            import shlex
+
             lines.append(f"    cmd: {shlex.join(process.cmdline)}")
         if process.cwd:
             lines.append(f"    cwd: {process.cwd}")

@@ -1,15 +1,19 @@
-"""The argument parser. Handlers are referenced by name and imported when they run."""
+"""The argument parser. Handlers are referenced by name and imported when they run.
+
+``portside.cli._fast_options`` gives the same options, without argparse, for the plain
+forms of the commands whose start-up counts; keep the two in step (tests/cli checks).
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-from collections.abc import Callable
-from typing import Any
 
 from portside._version import __version__
+from portside.cli import Handler
 
-Handler = Callable[[argparse.Namespace], int]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class _ErrorParser(argparse.ArgumentParser):
@@ -20,11 +24,7 @@ class _ErrorParser(argparse.ArgumentParser):
 
 
 def _lazy(module: str, function: str) -> Handler:
-    def run(options: argparse.Namespace) -> int:
-        handler: Handler = getattr(importlib.import_module(f"portside.cli.{module}"), function)
-        return handler(options)
-
-    return run
+    return Handler(module, function)
 
 
 def _common() -> _ErrorParser:

@@ -1,6 +1,7 @@
 """``portside pick``, ``kill``, ``reserve``, ``release`` and ``reservations``.
 
-Importing this module is cheap: the library modules load inside each handler.
+Importing this module is cheap (the parser may import it to declare the commands): the
+library modules and the renderer load inside each handler.
 :func:`add_port_commands` declares the commands' arguments for ``cli/_parser.py``.
 """
 
@@ -10,7 +11,6 @@ import argparse
 import sys
 from typing import Any
 
-from portside.cli import _render as render
 from portside.errors import ExitCode
 
 
@@ -106,11 +106,15 @@ def add_port_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_pick(options: argparse.Namespace) -> int:
+    # The text path writes directly: models and the renderer cost ~10 ms of imports,
+    # and `pick` has a 60 ms budget.
     from portside.pick import explain_pick, parse_range
 
     port_range = parse_range(options.port_range) if options.port_range else None
     explanation = explain_pick(count=options.count, port_range=port_range, udp=options.udp)
     if options.json:
+        from portside.cli import _render as render
+
         render.print_json("pick", {"ports": explanation.ports, "explanation": explanation})
         return ExitCode.OK
     lines = [str(port) for port in explanation.ports]
@@ -127,7 +131,7 @@ def run_pick(options: argparse.Namespace) -> int:
                 lines.append(f"  … and {len(explanation.tried) - 20} more")
         else:
             lines.append("the first candidate passed every rule")
-    render.print_lines(lines)
+    sys.stdout.write("".join(f"{line}\n" for line in lines))
     return ExitCode.OK
 
 
@@ -142,6 +146,7 @@ def _confirm(question: str) -> bool:
 
 
 def run_kill(options: argparse.Namespace) -> int:
+    from portside.cli import _render as render
     from portside.kill import KillRefusedError, execute, plan_kill, plan_lines, result_lines
     from portside.models import Transport
 
@@ -203,6 +208,7 @@ def _scope(options: argparse.Namespace) -> str:
 
 
 def run_reserve(options: argparse.Namespace) -> int:
+    from portside.cli import _render as render
     from portside.registry import Registry
 
     with Registry.open() as registry:
@@ -220,6 +226,7 @@ def run_reserve(options: argparse.Namespace) -> int:
 
 
 def run_release(options: argparse.Namespace) -> int:
+    from portside.cli import _render as render
     from portside.registry import Registry
 
     scope = _scope(options)
@@ -235,6 +242,7 @@ def run_release(options: argparse.Namespace) -> int:
 
 
 def run_reservations(options: argparse.Namespace) -> int:
+    from portside.cli import _render as render
     from portside.registry import Registry
 
     with Registry.open() as registry:

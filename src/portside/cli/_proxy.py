@@ -178,6 +178,7 @@ def run_proxy(options: argparse.Namespace) -> int:
         config_path=options.config,
         allow_hosts=tuple(options.allow_host),
         access_log=options.access_log,
+        access_log_default="common",
         connect_timeout_s=options.connect_timeout,
         response_timeout_s=options.timeout,
         allow_remote_clients=options.allow_remote_clients,

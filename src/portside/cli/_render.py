@@ -7,24 +7,31 @@ from the same rows.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from collections.abc import Sequence
 
-from portside.models import Hint, Owner, SocketEntry, json_document
+from portside.models import json_document, write_json
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from portside.models import Hint, Owner, SocketEntry
 
 Row = Sequence[str]
 
 
 def print_json(kind: str, payload: object) -> None:
-    """One JSON document: indented on a terminal, compact (the C encoder) in a pipe."""
-    document = json_document(kind, payload)
+    """One JSON document: indented on a terminal, compact in a pipe (written as it is
+    made by models.write_json: the same text json.dumps gives, without building the
+    document, in chunks)."""
     if sys.stdout.isatty():
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        import json
+
+        sys.stdout.write(json.dumps(json_document(kind, payload), indent=2) + "\n")
     else:
-        sys.stdout.write(json.dumps(document, separators=(",", ":")) + "\n")
+        write_json(kind, payload, sys.stdout.write)
+        sys.stdout.write("\n")
 
 
 def use_colour(no_color: bool) -> bool:

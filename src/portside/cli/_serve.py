@@ -4,16 +4,15 @@
 building the parser stays cheap); ``run_serve`` serves until Ctrl-C or SIGTERM, then
 drains in-flight responses and exits 0 (130 after Ctrl-C).
 
-The event loop: uvloop when it is installed, asyncio's otherwise (``_run``). Signals
-are borrowed for the run and given back afterwards; the library itself only knows
-cancellation.
+The event loop and the signals come from :mod:`portside.net._loop` (uvloop unless
+``PORTSIDE_LOOP=asyncio``): the first SIGTERM/SIGINT drains and stops, a second aborts
+the connections left. The library itself only knows ``aclose()`` and cancellation.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from portside.models import Endpoint
@@ -92,8 +91,9 @@ def run_serve(options: argparse.Namespace) -> int:
     import sys
 
     from portside.errors import ExitCode, UsageError
+    from portside.net._loop import Shutdown, run_until_signalled
     from portside.net.http import is_loopback_ip
-    from portside.net.serve import StaticOptions, StaticServer, serve_static, static_root
+    from portside.net.serve import StaticOptions, StaticServer, open_static, static_root
 
     root = static_root(options.directory)
     listen = _listen_endpoint(options.listen)
@@ -135,24 +135,23 @@ def run_serve(options: argparse.Namespace) -> int:
                 f" {clients}\n"
             )
 
-    listening: list[StaticServer] = []
-
-    def on_start(server: StaticServer) -> None:
-        listening.append(server)
-        started(server)
-
-    async def main() -> None:
+    async def main(shutdown: Shutdown) -> int | None:
         try:
-            await serve_static(root, listen, options=static_options, started=on_start)
+            server = await open_static(root, listen, options=static_options)
         except OSError as exc:
-            if listening:
-                raise
             raise UsageError(
                 f"cannot listen on {listen.ip}:{listen.port}: {exc.strerror or exc};"
                 " pick another --listen, or leave it out for a free port"
             ) from None
+        shutdown.on_force(server.http.abort)  # a second Ctrl-C / SIGTERM: stop now
+        try:
+            started(server)
+            await shutdown.requested.wait()  # the run ends only by a signal
+        finally:
+            await server.aclose()  # drains within Limits.drain_timeout_s
+        return shutdown.signal
 
-    received = _run(main, (signal.SIGINT, signal.SIGTERM))
+    received = run_until_signalled(main)
     if received == signal.SIGINT:
         return ExitCode.INTERRUPTED
     return ExitCode.OK
@@ -177,49 +176,6 @@ def _listen_endpoint(text: str | None) -> Endpoint:
             f"--listen {text!r}: give an IP address (127.0.0.1:8000, [::1]:8000), not a name"
         )
     return Endpoint(ip=target.host or "127.0.0.1", port=port)
-
-
-def _run(main: Callable[[], Coroutine[Any, Any, None]], signals: tuple[int, ...]) -> int | None:
-    """Run *main* on uvloop (asyncio's loop without it) until it ends or a signal comes.
-
-    A signal cancels *main*, which then closes gracefully; returns the signal number,
-    or None when *main* ended by itself. The previous signal handlers are restored.
-    """
-    import asyncio
-    import contextlib
-
-    try:
-        import uvloop
-
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency where it exists
-        loop_factory = None
-    received: list[int] = []
-
-    async def supervised() -> None:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-
-        def on_signal(number: int) -> None:
-            received.append(number)
-            if task is not None:
-                task.cancel()
-
-        for number in signals:
-            loop.add_signal_handler(number, on_signal, number)
-        try:
-            await main()
-        except asyncio.CancelledError:
-            if not received:
-                raise
-        finally:
-            for number in signals:
-                with contextlib.suppress(ValueError, RuntimeError):
-                    loop.remove_signal_handler(number)
-
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(supervised())
-    return received[0] if received else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ Server side::
     server.shutting_down         # asyncio.Event, set when a graceful close begins
     await server.serve_forever() # until cancelled; then drains and closes
     await server.aclose()        # stop accepting, finish in-flight responses, close
+    server.abort()               # forced stop: abort every connection now
 
     Handler = Callable[[Request, Response], Awaitable[None] | None]
 
@@ -76,14 +77,20 @@ Client side, for the proxy's backend connections (sans-I/O)::
     encode_request_head(method, target, headers) -> bytes
     encode_chunk(data) -> bytes; LAST_CHUNK
 
-Validation (RFC 9112), answered before any handler sees the request, then the
-connection closes: Content-Length with Transfer-Encoding, duplicate Content-Length,
-Transfer-Encoding other than ``chunked`` or on HTTP/1.0, obsolete line folding, invalid
-characters, whitespace before a colon, bad request-target form, missing or repeated Host
-on HTTP/1.1, bad Host syntax -> 400; head over ``max_head_bytes`` or more than
-``max_headers`` fields -> 431; body over ``max_body_bytes`` -> 413; head not complete
-within ``head_timeout_s`` of its first byte -> 408; HTTP/2.0 and others -> 505. An idle
-keep-alive connection is closed silently after ``idle_timeout_s``.
+Validation (RFC 9112), answered before any handler sees the request, in order after the
+responses already due on the connection, then the connection closes: Content-Length
+with Transfer-Encoding, duplicate Content-Length, Transfer-Encoding other than
+``chunked`` or on HTTP/1.0, obsolete line folding, invalid characters, whitespace before
+a colon, bad request-target form, missing or repeated Host on HTTP/1.1, bad Host syntax,
+broken chunked framing -> 400; head over ``max_head_bytes`` or more than ``max_headers``
+fields -> 431; body over ``max_body_bytes`` -> 413 (declared: at once; chunked: when the
+limit is crossed); an ``Expect`` other than 100-continue -> 417; HTTP/2.0 -> 505; a head
+not complete ``head_timeout_s`` after its first byte -> 408 (noticed by the connection's
+single timer, so at the latest when the idle deadline passes). Error answers close with
+a lingering close (FIN, then drain what the client still sends, bounded) so that the
+answer is not lost to a reset. An idle keep-alive connection is closed quietly after
+``idle_timeout_s``. After a client's half-close (EOF), what it already sent is answered,
+then the connection closes.
 
 Structured concurrency: every task is owned by its server (cancelled and awaited on
 close), every await is bounded by a ``Limits`` timeout, and protocol timers replace
@@ -139,6 +146,8 @@ _WRITE_HIGH_WATER: Final = 64 * 1024
 _WRITE_LOW_WATER: Final = 16 * 1024
 _SENDFILE_MAX_CALL: Final = 16 * 1024 * 1024
 _FALLBACK_CHUNK: Final = 64 * 1024
+_LINGER_S: Final = 2.0  # after an error: how long to drain what the client still sends
+_LINGER_MAX_BYTES: Final = 1024 * 1024
 _CORE_OWNED: Final = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
 # One regex over the whole block of header lines a handler asked for: tokens, ": ",
 # then a value without CR, LF, NUL or other controls (HTAB allowed).
@@ -249,10 +258,11 @@ HeaderFields = Iterable[tuple[str, str]] | PreparedHeaders
 
 
 def _header_block(headers: Iterable[tuple[str, str]]) -> str:
-    fields = "".join(
-        f"{name}: {value}\r\n" for name, value in headers if name.lower() not in _CORE_OWNED
-    )
-    if fields and _HEADER_BLOCK.fullmatch(fields) is None:
+    lines = [f"{name}: {value}\r\n" for name, value in headers if name.lower() not in _CORE_OWNED]
+    fields = "".join(lines)
+    # One line per field: a value holding "\r\nName: v" would otherwise pass the regex
+    # as two well-formed lines (response splitting).
+    if fields and (fields.count("\n") != len(lines) or _HEADER_BLOCK.fullmatch(fields) is None):
         raise ValueError("invalid response header name or value (CR, LF, NUL or controls)")
     return fields
 
@@ -347,7 +357,7 @@ class Request:
         self.client = conn.peer
         self._expect_continue = expect_continue
         self._continue_sent = False
-        self._chunks: collections.deque[bytes] = collections.deque()
+        self._chunks: collections.deque[bytes] | None = None  # made when a body arrives
         self._buffered = 0
         self._received = 0
         self._complete = False
@@ -374,7 +384,7 @@ class Request:
                 the body exceeds ``max_body_bytes``, 400 for broken chunked framing.
             ClientDisconnected: the client went away mid-body.
         """
-        while not self._chunks:
+        while not (chunks := self._chunks):
             if self._body_error is not None:
                 raise self._body_error
             if self._complete:
@@ -390,9 +400,9 @@ class Request:
                 ) from None
             finally:
                 self._waiter = None
-        piece = self._chunks.popleft()
+        piece = chunks.popleft()
         if 0 < max_bytes < len(piece):
-            self._chunks.appendleft(piece[max_bytes:])
+            chunks.appendleft(piece[max_bytes:])
             piece = piece[:max_bytes]
         self._buffered -= len(piece)
         self._conn.body_consumed(self)
@@ -421,6 +431,8 @@ class Request:
         limit = self._conn.limits.max_body_bytes
         if limit is not None and self._received > limit:
             raise ProtocolError(f"request body over {limit} bytes", status_hint=413)
+        if self._chunks is None:
+            self._chunks = collections.deque()
         self._chunks.append(data)
         self._buffered += len(data)
         self._wake()
@@ -481,12 +493,13 @@ class Response:
     ) -> bytes:
         request = self.request
         conn = self._conn
-        no_body = _no_body_status(status)
+        no_body = status < 200 or status == 204 or status == 304
         self._head_only = no_body or request.method == "HEAD"
         keep_alive = (
             request.keep_alive
             and not conn.draining
-            and (request._complete or not request.has_body)
+            and not (conn.eof and not conn._queue)
+            and (request._complete or not (request.chunked or request.content_length))
             and not (request.upgrade and status != 101)
         )
         framing = ""
@@ -653,6 +666,8 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: HTTPServer) -> None:
         self.server = server
         self.limits = server.limits
+        self._max_head_bytes = server.limits.max_head_bytes
+        self._max_headers = server.limits.max_headers
         self.loop = server.loop
         self._handler = server.handler
         self._parser = httptools.HttpRequestParser(self)
@@ -660,6 +675,7 @@ class _Connection(asyncio.Protocol):
         self.peer: tuple[str, int] = ("", 0)
         self.lost = False
         self.draining = False
+        self.eof = False  # the client half-closed: no request will follow the queued ones
         self._dead = False  # the parser failed: nothing more is read
         self._paused: set[str] = set()
         self._write_paused = False
@@ -687,6 +703,9 @@ class _Connection(asyncio.Protocol):
         self._error: ProtocolError | None = None
         self._upgrade_leftover: bytes | None = None
         self._sendfile_waiter: asyncio.Future[None] | None = None
+        self._lingering = False
+        self._linger_bytes = 0
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -715,6 +734,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self._stop_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         self.server.forget(self)
         error = ClientDisconnected("the client closed the connection")
         for request in (self._current, self._active.request if self._active else None):
@@ -742,6 +763,11 @@ class _Connection(asyncio.Protocol):
         self._dispatch()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            self._linger_bytes += len(data)
+            if self._linger_bytes > _LINGER_MAX_BYTES:
+                self.abort()
+            return
         if self._dead or self.lost:
             return
         if self._upgrade_leftover is not None:
@@ -766,9 +792,9 @@ class _Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # A half-close: answer what was asked, then close (no keep-alive after EOF).
-        if self._active is None and not self._queue:
+        if self._lingering or (self._active is None and not self._queue):
             return None  # the transport closes itself
-        self.draining = True
+        self.eof = True  # answer everything already received, then close
         return True
 
     # -- httptools callbacks ----------------------------------------------------------
@@ -793,10 +819,10 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value) + 4
-        if self._head_size > self.limits.max_head_bytes:
+        if self._head_size > self._max_head_bytes:
             self._error = ProtocolError("request head too large", status_hint=431)
             raise self._error
-        if len(self._headers) >= self.limits.max_headers:
+        if len(self._headers) >= self._max_headers:
             self._error = ProtocolError("too many header fields", status_hint=431)
             raise self._error
         key = name.decode("latin-1").lower()
@@ -869,7 +895,9 @@ class _Connection(asyncio.Protocol):
         limit = self.limits.max_body_bytes
         if self._cl is not None and limit is not None and self._cl > limit:
             raise ProtocolError(f"request body over {limit} bytes", status_hint=413)
-        if target.startswith("/"):
+        if target[0] == "/" and "?" not in target and "#" not in target:
+            path, query = target, ""  # the common case
+        elif target.startswith("/"):
             end = len(target)
             for mark in ("?", "#"):
                 cut = target.find(mark)
@@ -931,7 +959,7 @@ class _Connection(asyncio.Protocol):
         finally:
             self._in_dispatch = False
         if self._active is None and not self._queue and not self.lost:
-            if self._dead or self.draining:
+            if self._dead or self.draining or self.eof:
                 self.close()
             elif self._timer_kind == 0:
                 self._arm(_HEAD if (self._in_head or self._head_raw) else _IDLE)
@@ -945,11 +973,17 @@ class _Connection(asyncio.Protocol):
                 queue.clear()
                 return
             item = queue.popleft()
-            self._cancel_timer()
-            if len(queue) < self.limits.max_pipelined // 2:
+            self._timer_kind = 0  # busy: the idle/head timer has nothing to watch
+            if "pipeline" in self._paused and len(queue) < self.limits.max_pipelined // 2:
                 self._resume("pipeline")
             if isinstance(item, _Failure):
                 self._answer_failure(item)
+                return
+            if item._body_error is not None and isinstance(item._body_error, ProtocolError):
+                # The body broke a rule before its handler ran (over the size limit,
+                # broken chunks): answer for the handler, in order, and close.
+                error = item._body_error
+                self._answer_failure(_Failure(error.status_hint, str(error)))
                 return
             response = Response(self, item)
             self._active = response
@@ -965,7 +999,7 @@ class _Connection(asyncio.Protocol):
                 self._handler_failed(
                     response, RuntimeError("handler returned without finishing the response")
                 )
-        if len(queue) >= self.limits.max_pipelined:
+        if queue and len(queue) >= self.limits.max_pipelined:
             self._pause("pipeline")
 
     async def _run_handler(self, awaitable: Awaitable[None], response: Response) -> None:
@@ -994,8 +1028,8 @@ class _Connection(asyncio.Protocol):
         else:
             log.error("handler failed on %r", response.request, exc_info=exc)
             status = 500
-        self._dead = True  # after a failure, nothing more on this connection
-        self._pause("dead")
+        self.draining = True  # after a failure, nothing more on this connection
+        self._pause("draining")
         if response.finished or self.lost:
             self.close()
         elif response.started or status == 0:
@@ -1020,7 +1054,26 @@ class _Connection(asyncio.Protocol):
             f"{_date_header()}connection: close\r\n\r\n"
         )
         self.write(_status_line(failure.status) + head.encode("latin-1") + body)
-        self.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after an error without destroying the answer: send FIN after it, then
+        read and discard what the client is still sending until its EOF (bounded in time
+        and bytes). Closing with unread bytes would make the kernel send a reset, which
+        can discard the error response before the client reads it."""
+        transport = self.transport
+        if transport is None or self.lost:
+            return
+        self._stop_timer()
+        self._dead = True
+        if not transport.can_write_eof():
+            self.close()
+            return
+        self._lingering = True
+        transport.write_eof()
+        self._linger_timer = self.loop.call_later(_LINGER_S, self.abort)
+        self._paused.clear()
+        transport.resume_reading()
 
     def response_done(self, response: Response) -> None:
         """Called by ``Response`` once its last byte is written."""
@@ -1030,7 +1083,7 @@ class _Connection(asyncio.Protocol):
         if self.lost:
             return
         request = response.request
-        if response.will_close or self._dead:
+        if response.will_close:
             self.close()
             return
         if request.upgrade and self._upgrade_leftover is not None:
@@ -1041,6 +1094,10 @@ class _Connection(asyncio.Protocol):
                 self.data_received(leftover)
         if not self._in_dispatch:
             self._dispatch()
+
+    @property
+    def has_queued(self) -> bool:
+        return bool(self._queue)
 
     # -- flow control -----------------------------------------------------------------
 
@@ -1377,6 +1434,15 @@ class HTTPServer:
                 async with asyncio.timeout(self.limits.drain_timeout_s):
                     await self._server.wait_closed()
 
+    def abort(self) -> None:
+        """Stop now: stop accepting and abort every connection (a forced stop; a
+        running ``aclose()`` then finds nothing left to drain)."""
+        self.shutting_down.set()
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.abort()
+
     async def __aenter__(self) -> HTTPServer:
         return self
 
@@ -1462,6 +1528,9 @@ class ResponseParser:
         self._headers: list[tuple[str, str]] = []
         self._failed = False
         self._close_delimited = False
+        self._in_head = False
+        self._in_body = False
+        self._head_raw = 0
 
     def expect(self, method: str) -> None:
         """The next response answers a request with *method* (``HEAD``: no body)."""
@@ -1488,7 +1557,7 @@ class ResponseParser:
         if not self._in_message:
             return []
         if self._close_delimited:
-            self._in_message = False
+            self._in_message = self._in_body = False
             return [MessageEnd()]
         self._failed = True
         raise ProtocolError("the backend closed the connection mid-response", status_hint=502)
@@ -1496,6 +1565,8 @@ class ResponseParser:
     # -- internals --------------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
+        if not self._in_body:
+            self._head_raw += len(data)  # bytes of a head not yet complete (bounded below)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -1503,7 +1574,7 @@ class ResponseParser:
         except httptools.HttpParserError as exc:
             self._failed = True
             raise ProtocolError(f"malformed backend response: {exc}", status_hint=502) from None
-        if self._in_message and self._head_size > self._max_head_bytes:
+        if self._in_head and self._head_raw > self._max_head_bytes:
             self._failed = True
             raise ProtocolError("backend response head too large", status_hint=502)
 
@@ -1528,7 +1599,7 @@ class ResponseParser:
                 raise ProtocolError("malformed backend response head", status_hint=502)
             if not any(isinstance(e, MessageEnd) for e in self._events[before:]):
                 self._events.append(MessageEnd())
-            self._in_message = False
+            self._in_message = self._in_body = False
             self._parser = httptools.HttpResponseParser(self)
             if heads[-1].status >= 200:
                 self._head_only = False
@@ -1538,6 +1609,7 @@ class ResponseParser:
 
     def on_message_begin(self) -> None:
         self._in_message = True
+        self._in_head = True
         self._head_size = 0
         self._reason = b""
         self._headers = []
@@ -1553,6 +1625,9 @@ class ResponseParser:
         self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._in_body = True
+        self._head_raw = 0
         parser = self._parser
         headers = Headers(self._headers)
         length = headers.get("content-length")
@@ -1578,6 +1653,7 @@ class ResponseParser:
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        self._in_body = False
         self._events.append(MessageEnd())
 
 
@@ -1599,6 +1675,6 @@ def encode_request_head(method: str, target: str, headers: Sequence[tuple[str, s
     if _TOKEN.fullmatch(method) is None or _TARGET.fullmatch(target) is None:
         raise ValueError("invalid method or request-target")
     fields = "".join(f"{name}: {value}\r\n" for name, value in headers)
-    if fields and _HEADER_BLOCK.fullmatch(fields) is None:
+    if fields and (fields.count("\n") != len(headers) or _HEADER_BLOCK.fullmatch(fields) is None):
         raise ValueError("invalid request header name or value (CR, LF, NUL or controls)")
     return f"{method} {target} HTTP/1.1\r\n{fields}\r\n".encode("latin-1")

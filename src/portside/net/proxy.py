@@ -67,7 +67,6 @@ from portside.net.http import (
     ResponseParser,
     Upgraded,
     encode_chunk,
-    encode_request_head,
     open_http_server,
 )
 from portside.net.routes import ConfigError, Route, RouteSnapshot, RouteTable, parse_config
@@ -130,14 +129,16 @@ class _BrokenResponse(ConnectionError):
 class ProxyOptions:
     """How the proxy behaves; every timeout in seconds.
 
-    ``access_log`` None means "common" when a stream is given, else off; ``log_stream``
-    defaults to stdout. ``limits`` are the core's (client side); ``max_body_bytes`` is
+    ``access_log`` None means: what the TOML file says, else ``access_log_default``
+    (``"off"`` for the library, ``"common"`` for the CLI); ``log_stream`` defaults to
+    stdout. ``limits`` are the core's (client side); ``max_body_bytes`` is
     unbounded by default because bodies stream through.
     """
 
     config_path: str | Path | None = None
     allow_hosts: tuple[str, ...] = ()
     access_log: AccessLogFormat | None = None
+    access_log_default: AccessLogFormat = "off"
     log_stream: TextIO | None = None
     error_stream: TextIO | None = None
     connect_timeout_s: float = CONNECT_TIMEOUT_S
@@ -172,9 +173,12 @@ def parse_listen(text: str | None) -> Endpoint:
 class _Upstream(asyncio.Protocol):
     """One keep-alive connection to a backend, framing its responses."""
 
-    def __init__(self, backend: Backend, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, backend: Backend, loop: asyncio.AbstractEventLoop, registry: set[_Upstream]
+    ) -> None:
         self.backend = backend
         self.loop = loop
+        self.registry = registry  # every open backend connection, for closing at the end
         self.transport: asyncio.Transport | None = None
         self.parser = ResponseParser()
         self.events: collections.deque[ResponseHead | bytes | MessageEnd | Upgraded] = (
@@ -197,6 +201,7 @@ class _Upstream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast("asyncio.Transport", transport)
         self.transport.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
+        self.registry.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -241,6 +246,7 @@ class _Upstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.reusable = False
+        self.registry.discard(self)
         if self.tunnel is not None:
             self.tunnel.backend_lost()
         if self.busy and self.error is None:
@@ -503,9 +509,10 @@ class Proxy:
         self.server: HTTPServer | None = None
         self.started = time.monotonic()
         self.allowlist = HostAllowlist()
+        self._allowed: dict[str, bool] = {}
         self._config_allow: tuple[str, ...] = ()
-        self._log_format: AccessLogFormat = "off"
-        self._log = options.log_stream
+        self._log_format: AccessLogFormat = options.access_log or options.access_log_default
+        self._log = options.log_stream or sys.stdout
         self._errors = options.error_stream or sys.stderr
         self._tunnels: set[_Tunnel] = set()
         self._upstreams: set[_Upstream] = set()
@@ -559,8 +566,10 @@ class Proxy:
             config = parse_config(text)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
-        if config.access_log is not None and self.options.access_log is None:
-            self._log_format = cast("AccessLogFormat", config.access_log)
+        if self.options.access_log is None:  # the flag beats the file, the file the default
+            self._log_format = cast(
+                "AccessLogFormat", config.access_log or self.options.access_log_default
+            )
         self._config_allow = config.allow_hosts
         self.routes.replace_source("file", config.routes)
 
@@ -604,6 +613,7 @@ class Proxy:
             if pattern == "*":
                 allow.add("*")  # an explicit --allow-host '*' turns the protection off
         self.allowlist = allow
+        self._allowed = {}
 
     async def _housekeeping(self) -> None:
         while True:
@@ -625,9 +635,9 @@ class Proxy:
         backend: Backend | None,
         started: float,
     ) -> None:
-        stream = self._log
-        if stream is None:
+        if self._log_format == "off":
             return
+        stream = self._log
         duration_ms = (time.monotonic() - started) * 1000
         if self._log_format == "json":
             line = json.dumps(
@@ -660,7 +670,12 @@ class Proxy:
 
     def handle(self, request: Request, response: Response) -> Awaitable[None] | None:
         """The core's handler: answer simple cases at once, proxy in a task otherwise."""
-        if not self.allowlist.allows(request.host):
+        allowed = self._allowed.get(request.host)
+        if allowed is None:
+            allowed = self.allowlist.allows(request.host)
+            if len(self._allowed) < 4096:  # Host values seen; cleared when routes change
+                self._allowed[request.host] = allowed
+        if not allowed:
             self._refuse(
                 request,
                 response,
@@ -671,11 +686,19 @@ class Proxy:
                 f" with --allow-host {_host_only(request.host)}.",
             )
             return None
-        if self.options.dashboard:
+        if self.options.dashboard and (
+            request.target.startswith(dashboard.PREFIX) or request.host[:9].lower() == "portside."
+        ):
             resource = dashboard.dashboard_path(request.host, request.target)
             if resource is not None:
                 self._dashboard(request, response, resource)
                 return None
+        if request.chunked:
+            codings = request.headers.get_all("transfer-encoding")
+            if len(codings) != 1 or codings[0].strip().lower() != "chunked":
+                # llhttp rejects these only after the head is complete, when the core has
+                # already handed the request out: refuse here, before anything is sent.
+                raise ProtocolError(f"unsupported Transfer-Encoding {', '.join(codings)[:60]!r}")
         route = self.routes.snapshot.match(request.host, request.path)
         if route is None:
             names = ", ".join(r.name for r in self.routes.snapshot.routes) or "none"
@@ -815,7 +838,8 @@ class _Exchange:
                     self.pool.counters.retries += 1
                     counters.retries += 1
                     continue  # nothing was sent: any method may go elsewhere
-                self._fail_page(exc.status, "Bad Gateway", self._last_reasons(tried))
+                title = "Gateway Timeout" if exc.status == 504 else "Bad Gateway"
+                self._fail_page(exc.status, title, self._last_reasons(tried))
                 return
             try:
                 await self._exchange(upstream, backend)
@@ -837,6 +861,7 @@ class _Exchange:
                     continue
                 if self.response.started:
                     self.status = self.status or self.response.status
+                    self.pool.counters.errors += 1  # a truncated response
                     raise _BrokenResponse(f"{backend.address}: {exc.reason}") from None
                 title = "Gateway Timeout" if exc.status == 504 else "Bad Gateway"
                 self._fail_page(exc.status, title, f"backend {backend.address}: {exc.reason}")
@@ -873,7 +898,9 @@ class _Exchange:
         try:
             async with asyncio.timeout(proxy.options.connect_timeout_s):
                 _, upstream = await proxy.loop.create_connection(
-                    lambda: _Upstream(backend, proxy.loop), address.host, address.port
+                    lambda: _Upstream(backend, proxy.loop, proxy._upstreams),
+                    address.host,
+                    address.port,
                 )
         except TimeoutError:
             reason = f"connect timed out after {proxy.options.connect_timeout_s:g} s"
@@ -884,60 +911,80 @@ class _Exchange:
             backend.record_connect_failure(reason, time.monotonic())
             raise UpstreamError(reason, sent=False) from None
         backend.record_connect_success()
-        proxy._upstreams.add(upstream)
         return upstream, False
 
     def _request_head(self, backend: Backend) -> bytes:
+        """The head sent to the backend: hop-by-hop headers out, forwarding headers in.
+
+        Names and values come from the core's parser, which refused CR, LF, NUL and other
+        controls (RFC 9112), so they are joined here without a second validation pass.
+        """
         request = self.request
-        route = self.route
-        tokens = _connection_tokens(request.headers.get_all("connection"))
-        headers: list[tuple[str, str]] = [
-            ("host", request.host if route.preserve_host and request.host else str(backend.address))
-        ]
+        host = request.host
+        lines = [f"host: {host if self.route.preserve_host and host else backend.address}\r\n"]
+        names: list[str] = []
         forwarded_for: str | None = None
         forwarded: str | None = None
+        connection: list[str] = []
         for name, value in request.headers.items:
-            if name in _REQUEST_DROPPED or name in tokens:
+            if name in _REQUEST_DROPPED:
                 if name == "x-forwarded-for":
                     forwarded_for = value if forwarded_for is None else f"{forwarded_for}, {value}"
                 elif name == "forwarded":
                     forwarded = value if forwarded is None else f"{forwarded}, {value}"
+                elif name == "connection":
+                    connection.append(value)
                 continue
-            headers.append((name, value))
+            lines.append(f"{name}: {value}\r\n")
+            names.append(name)
+        if connection:  # drop the headers that Connection names (hop-by-hop by declaration)
+            tokens = _connection_tokens(connection)
+            lines = [
+                lines[0],
+                *(line for line, name in zip(lines[1:], names, strict=True) if name not in tokens),
+            ]
         client = request.client[0]
-        headers.append(
-            ("x-forwarded-for", f"{forwarded_for}, {client}" if forwarded_for else client)
-        )
-        headers.append(("x-forwarded-proto", "http"))
         node = f'"[{client}]"' if ":" in client else client
         element = f"for={node};proto=http"
-        if request.host:
-            element += f';host="{request.host}"'
-            headers.append(("x-forwarded-host", request.host))
-        headers.append(("forwarded", f"{forwarded}, {element}" if forwarded else element))
+        lines.append(
+            f"x-forwarded-for: {forwarded_for}, {client}\r\n"
+            if forwarded_for
+            else f"x-forwarded-for: {client}\r\n"
+        )
+        lines.append("x-forwarded-proto: http\r\n")
+        if host:
+            element += f';host="{host}"'
+            lines.append(f"x-forwarded-host: {host}\r\n")
+        lines.append(
+            f"forwarded: {forwarded}, {element}\r\n" if forwarded else f"forwarded: {element}\r\n"
+        )
         if request.upgrade:
-            headers.append(("connection", "upgrade"))
-            headers.append(("upgrade", request.headers.get("upgrade") or ""))
+            lines.append(
+                f"connection: upgrade\r\nupgrade: {request.headers.get('upgrade') or ''}\r\n"
+            )
         if request.chunked:
-            headers.append(("transfer-encoding", "chunked"))
+            lines.append("transfer-encoding: chunked\r\n")
         elif request.content_length is not None:
-            headers.append(("content-length", str(request.content_length)))
+            lines.append(f"content-length: {request.content_length}\r\n")
         target = request.target
-        if not target.startswith("/") and target != "*":
+        if target[0] != "/" and target != "*":
             target = request.path + (f"?{request.query}" if request.query else "")
-        return encode_request_head(request.method, target, headers)
+        return f"{request.method} {target} HTTP/1.1\r\n{''.join(lines)}\r\n".encode("latin-1")
 
     async def _exchange(self, upstream: _Upstream, backend: Backend) -> None:
+        try:
+            await self._exchange_on(upstream, backend)
+        except BaseException:
+            if upstream.busy and upstream.tunnel is None:
+                upstream.abort()  # failed, timed out or cancelled (client gone): never reuse
+                upstream.busy = False
+            raise
+
+    async def _exchange_on(self, upstream: _Upstream, backend: Backend) -> None:
         request = self.request
         self.upstream = upstream
         upstream.begin(request.method)
-        try:
-            head = self._request_head(backend)
-        except ValueError as exc:
-            upstream.finish()
-            backend.give_back(upstream, time.monotonic())
-            raise ProtocolError(f"cannot forward this request: {exc}") from None
-        upstream.write(head)
+        upstream.write(self._request_head(backend))
         if not request.has_body:
             await self._relay(upstream, backend)
             return
@@ -999,6 +1046,8 @@ class _Exchange:
         self.status = head.status
         backend.counters.count_status(head.status)
         if head.status == 101:
+            if not request.upgrade:
+                raise UpstreamError("switched protocols although the request asked for no upgrade")
             await self._tunnel(upstream, head)
             return
         headers = self._response_headers(head)
@@ -1037,11 +1086,9 @@ class _Exchange:
         upstream.finish()
         if not head.keep_alive or not upstream.reusable:
             upstream.close()
-            self.proxy._upstreams.discard(upstream)
             return
         if self.request.has_body and not self.request.body_complete:
             upstream.close()  # the request body was cut short: the framing is unknown
-            self.proxy._upstreams.discard(upstream)
             return
         backend.give_back(upstream, time.monotonic())
 
@@ -1082,7 +1129,6 @@ class _Exchange:
             await tunnel.closed
         finally:
             self.proxy._tunnels.discard(tunnel)
-            self.proxy._upstreams.discard(upstream)
             self.out_bytes += tunnel.bytes_down
             tunnel.close()
 
@@ -1105,13 +1151,7 @@ async def open_proxy(
     options = options or ProxyOptions()
     table = routes if isinstance(routes, RouteTable) else RouteTable(routes)
     proxy = Proxy(table, options)
-    if options.access_log is not None:
-        proxy._log_format = options.access_log
     proxy.reload()
-    if proxy._log_format == "off":
-        proxy._log = None
-    elif proxy._log is None:
-        proxy._log = sys.stdout
     proxy.server = await open_http_server(
         proxy.handle,
         listen,

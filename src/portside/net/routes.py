@@ -29,7 +29,7 @@ import enum
 import math
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from portside.addresses import HostKind, parse_target
@@ -500,8 +500,3 @@ def _health(value: object, where: str, *, base: HealthCheckSpec | None = None) -
     if "fall" in table:
         changes["fall"] = _count(table["fall"], f"{where}: fall")
     return dataclasses.replace(spec, **changes)
-
-
-def host_allowed(host: str, patterns: Sequence[str]) -> bool:
-    """Whether the normalised ``host`` matches one of ``patterns`` (exact, ``*.x``, ``*``)."""
-    return any(_host_rank(p, host) >= 0 for p in patterns)

@@ -24,7 +24,7 @@ import re
 import stat
 from collections.abc import Callable, Sequence
 from email.utils import formatdate, parsedate_to_datetime
-from typing import Final
+from typing import Final, NamedTuple
 from urllib.parse import quote, unquote_to_bytes
 
 __all__ = [
@@ -54,9 +54,11 @@ __all__ = [
 # -- URL path -> file ----------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Found:
-    """A regular file or a directory under the root; *path* is its real path."""
+class Found(NamedTuple):
+    """A regular file or a directory under the root; *path* is its real path.
+
+    (A named tuple: one is made per request, and they are cheaper than a dataclass.)
+    """
 
     path: str
     stat: os.stat_result
@@ -94,7 +96,7 @@ def url_path_segments(raw_path: str, *, dotfiles: bool = False) -> tuple[str, ..
     if not raw_path.startswith("/"):
         return Refused("the path does not start with /")
     if _PLAIN_PATH.fullmatch(raw_path):  # the common case: nothing to decode or doubt
-        return tuple(part for part in raw_path.split("/") if part)
+        return tuple([part for part in raw_path.split("/") if part])
     segments: list[str] = []
     for part in raw_path.split("/"):
         if not part:

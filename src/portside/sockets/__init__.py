@@ -85,14 +85,18 @@ def _table(
     backend: SocketBackend | None,
     keep: Callable[[SocketEntry], bool] | None = None,
 ) -> list[SocketEntry]:
-    entries = _gather(backend or select_backend(), query, namespaces)
+    chosen = backend or select_backend()
+    entries = _gather(chosen, query, namespaces)
     if keep is not None:
         entries = [entry for entry in entries if keep(entry)]
     if sys.platform == "linux":
         if owners:
             from portside.sockets._owners import attach_owners
 
-            entries = attach_owners(entries)
+            # Our backends make new entries for every call: completed in place. Entries
+            # of a backend from elsewhere may be kept by it, so those are copied.
+            fresh = type(chosen).__module__.startswith("portside.sockets.")
+            entries = attach_owners(entries, fresh=fresh)
     return entries
 
 
@@ -132,10 +136,21 @@ def listeners(
 ) -> list[SocketEntry]:
     """Listening TCP sockets and unconnected (bound) UDP sockets, sorted by (port, ip,
     transport), from every visible network namespace unless ``namespaces=False``."""
-    query = SocketQuery(transports=frozenset(transports), states=_LISTENING)
-    found = _table(query, owners=owners, namespaces=namespaces, backend=backend, keep=_is_listening)
+    found = _listeners(transports=transports, owners=owners, namespaces=namespaces, backend=backend)
     found.sort(key=lambda entry: (entry.local.port, entry.local.ip, entry.transport))
     return found
+
+
+def _listeners(
+    *,
+    transports: Iterable[Transport] = _BOTH_TRANSPORTS,
+    owners: bool = True,
+    namespaces: bool = True,
+    backend: SocketBackend | None = None,
+) -> list[SocketEntry]:
+    """:func:`listeners` in the backend's order (for callers that sort anyway)."""
+    query = SocketQuery(transports=frozenset(transports), states=_LISTENING)
+    return _table(query, owners=owners, namespaces=namespaces, backend=backend, keep=_is_listening)
 
 
 def _port_order(entry: SocketEntry) -> tuple[str, str, str, str, str, int]:

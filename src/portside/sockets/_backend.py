@@ -5,27 +5,40 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from typing import Protocol
 
 from portside.errors import UsageError
-from portside.models import NetNamespace, SocketEntry, SocketState, Transport
+from portside.models import (
+    NetNamespace,
+    SocketEntry,
+    SocketState,
+    Transport,
+    methods_compiled_on_first_use,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol as _Protocol
+else:
+    _Protocol = object  # a Protocol for type checkers; at run time typing is not imported
 
 #: Environment variable that selects a backend (same as the hidden ``--backend`` option).
 BACKEND_ENV = "PORTSIDE_BACKEND"
 BACKEND_NAMES = ("netlink", "procfs", "psutil")
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class SocketQuery:
-    """What to list. ``states`` None means every state; ``port`` filters the local port
-    (pushed into the kernel request by the netlink backend)."""
+with methods_compiled_on_first_use():
 
-    transports: frozenset[Transport] = frozenset({Transport.TCP, Transport.UDP})
-    states: frozenset[SocketState] | None = None
-    port: int | None = None
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class SocketQuery:
+        """What to list. ``states`` None means every state; ``port`` filters the local port
+        (pushed into the kernel request by the netlink backend)."""
+
+        transports: frozenset[Transport] = frozenset({Transport.TCP, Transport.UDP})
+        states: frozenset[SocketState] | None = None
+        port: int | None = None
 
 
-class SocketBackend(Protocol):
+class SocketBackend(_Protocol):
     """What every platform backend provides. Keep it this small."""
 
     name: str
@@ -33,7 +46,6 @@ class SocketBackend(Protocol):
     def entries(self, query: SocketQuery) -> list[SocketEntry]:
         """Sockets of the current network namespace matching ``query``, without owners
         (``owner_status`` NOT_LOOKED_UP) unless the backend learns owners for free."""
-        ...
 
     def entries_in_namespace(
         self, namespace: NetNamespace, pid: int | None, query: SocketQuery
@@ -42,7 +54,6 @@ class SocketBackend(Protocol):
 
         Raises BackendUnavailableError when this backend cannot look inside namespaces.
         """
-        ...
 
 
 def select_backend(name: str | None = None) -> SocketBackend:

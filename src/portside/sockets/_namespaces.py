@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
-from typing import TypeVar
 
 from portside.errors import AccessDeniedError
 from portside.models import NetNamespace
 
-assert sys.platform == "linux"  # noqa: S101 -- mypy skips this module on other platforms
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
 
-T = TypeVar("T")
+    T = TypeVar("T")
+
+assert sys.platform == "linux"  # noqa: S101 -- mypy skips this module on other platforms
 
 _PROC = "/proc"
 NETNS_RUN_DIR = "/run/netns"

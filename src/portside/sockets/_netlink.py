@@ -11,6 +11,7 @@ from __future__ import annotations
 import _socket
 import errno
 import sys
+from collections.abc import Callable
 from functools import lru_cache
 
 from portside.errors import AccessDeniedError, BackendUnavailableError
@@ -22,10 +23,10 @@ from portside.sockdiag import (
     IPPROTO_UDP,
     NETLINK_SOCK_DIAG,
     DiagRecord,
+    dump_entries,
     dump_request,
     parse_dump,
     state_mask,
-    to_entry,
 )
 from portside.sockets._backend import SocketQuery
 
@@ -62,18 +63,42 @@ def _dump(sock: _socket.socket, request: bytes) -> list[DiagRecord]:
             return records
 
 
-def _interface_names(records: list[DiagRecord]) -> dict[int, str]:
-    """ifindex -> name for the sockets bound to a device (SO_BINDTODEVICE); looked up in
-    the calling thread's namespace, which is the dumped one."""
+def _dump_entries(
+    sock: _socket.socket,
+    request: bytes,
+    transport: Transport,
+    netns: NetNamespace | None,
+    interface_name: Callable[[int], str],
+) -> list[SocketEntry]:
+    sock.send(request)
+    entries: list[SocketEntry] = []
+    while True:
+        chunk, done, error = dump_entries(
+            sock.recv(_RECV_BYTES), transport, netns=netns, interface_name=interface_name
+        )
+        entries.extend(chunk)
+        if done:
+            if error:
+                raise OSError(error, f"sock_diag dump failed: {error}")
+            return entries
+
+
+def _interface_namer() -> Callable[[int], str]:
+    """ifindex -> name for the sockets bound to a device (SO_BINDTODEVICE), remembered;
+    looked up in the calling thread's namespace, which is the dumped one."""
     names: dict[int, str] = {}
-    for record in records:
-        index = record.ifindex
-        if index and index not in names:
+
+    def name(index: int) -> str:
+        found = names.get(index)
+        if found is None:
             try:
-                names[index] = _socket.if_indextoname(index)
+                found = _socket.if_indextoname(index)
             except OSError:
-                names[index] = str(index)  # the device went away since
-    return names
+                found = str(index)  # the device went away since
+            names[index] = found
+        return found
+
+    return name
 
 
 def query_entries(query: SocketQuery, netns: NetNamespace | None = None) -> list[SocketEntry]:
@@ -93,6 +118,7 @@ def query_entries(query: SocketQuery, netns: NetNamespace | None = None) -> list
         raise AccessDeniedError("the kernel socket table (NETLINK_SOCK_DIAG)") from error
     except OSError as error:
         raise BackendUnavailableError("netlink", str(error)) from error
+    interface_name = _interface_namer()
     try:
         seq = 0
         for transport, mask in plan:
@@ -101,18 +127,12 @@ def query_entries(query: SocketQuery, netns: NetNamespace | None = None) -> list
                 seq += 1
                 request = dump_request(family, protocol, mask, port=query.port, seq=seq)
                 try:
-                    records = _dump(sock, request)
+                    found = _dump_entries(sock, request, transport, netns, interface_name)
                 except OSError as error:
                     if family == AF_INET6 and error.errno in _NO_IPV6:
                         continue  # IPv6 disabled or not built: nothing to list
                     raise BackendUnavailableError("netlink", str(error)) from error
-                names = _interface_names(records)
-                for record in records:
-                    entry = to_entry(
-                        record, transport, interface=names.get(record.ifindex), netns=netns
-                    )
-                    if entry is not None:
-                        entries.append(entry)
+                entries.extend(found)
     finally:
         sock.close()
     return entries

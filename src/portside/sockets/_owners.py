@@ -14,6 +14,8 @@ tables, which is what ``ss -p`` and ``lsof`` do for *every* process. We read few
   a process without fds (kernel threads, zombies) is not read at all. On Linux 6.2+ the
   size of ``/proc/PID/fd`` is the number of open fds, so one stat gives the owner uid
   and the count, and the fds are read by number without listing the directory.
+* The fds are read relative to an open ``/proc/PID/fd`` (readlinkat): the kernel walks
+  one path component per fd instead of four (about a quarter less kernel time).
 
 Narrowing is a search order, not a verdict: a socket not found among its likely holders
 is looked for in every other process before it is called not visible (fds can be passed
@@ -29,11 +31,22 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections import namedtuple
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import NamedTuple
 
-from portside.models import Owner, OwnerStatus, ProcessInfo, SocketEntry, SocketState
+from portside.models import (
+    Owner,
+    OwnerStatus,
+    ProcessInfo,
+    SocketEntry,
+    SocketState,
+    assemble,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NamedTuple
 
 assert sys.platform == "linux"  # noqa: S101 -- mypy skips this module on other platforms
 
@@ -43,14 +56,21 @@ _PROC = "/proc"
 _EARLY_STOP_LIMIT = 64
 
 
-class OwnerScan(NamedTuple):
-    """The result of a scan: ``holders`` maps each found inode to the pids holding it
-    (ascending); ``processes_read`` counts the fd tables read (a process read twice
-    counts twice) and ``processes_seen`` the processes listed."""
+if TYPE_CHECKING:
 
-    holders: dict[int, tuple[int, ...]]
-    processes_read: int
-    processes_seen: int
+    class OwnerScan(NamedTuple):
+        """The result of a scan: ``holders`` maps each found inode to the pids holding it
+        (ascending); ``processes_read`` counts the fd tables read (a process read twice
+        counts twice) and ``processes_seen`` the processes listed."""
+
+        holders: dict[int, tuple[int, ...]]
+        processes_read: int
+        processes_seen: int
+
+else:
+    # The same without typing.NamedTuple's import-time cost; the class above is what
+    # type checkers see.
+    OwnerScan = namedtuple("OwnerScan", "holders processes_read processes_seen")
 
 
 def _unescape_mount(path: str) -> str:
@@ -137,17 +157,37 @@ def _pids() -> list[int]:
     return [int(name) for name in os.listdir(_PROC) if name.isdigit()]
 
 
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+#: "0", "1", "2" …: the fd names, made once (thousands of fds are read per scan).
+_FD_NAMES = [str(number) for number in range(256)]
+
+
+def _fd_names(count: int) -> list[str]:
+    if count > len(_FD_NAMES):
+        _FD_NAMES.extend(str(number) for number in range(len(_FD_NAMES), count))
+    return _FD_NAMES
+
+
+def _open_fds(pid: int) -> int | None:
+    """An fd of ``/proc/PID/fd`` (the fds are then read relative to it, which spares the
+    kernel a path walk per fd), or None when the process ended or is not ours to read."""
+    try:
+        return os.open(f"{_PROC}/{pid}/fd", _DIRECTORY_FLAGS)
+    except OSError:
+        return None
+
+
 def _read_fds(
-    pid: int, count: int | None, links: Mapping[str, int], relevant: Sequence[int] | None
+    directory: int, count: int | None, links: Mapping[str, int], relevant: Sequence[int] | None
 ) -> tuple[list[int], bool] | None:
-    """Inodes of ``links`` among ``pid``'s fds, and whether every fd was read.
+    """Inodes of ``links`` among the fds in ``directory`` (an open ``/proc/PID/fd``), and
+    whether every fd was read.
 
     ``count`` is the number of open fds when known: then fds 0, 1, 2 … are read by number
     and the directory is listed only after a gap. Stops early once every inode in
     ``relevant`` (all of ``links`` when None) was seen: the rest of the table cannot
     matter. None when the fd table cannot be read (gone, or another user's process).
     """
-    base = f"{_PROC}/{pid}/fd/"
     readlink = os.readlink
     found: set[int] = set()
     wanted = set(relevant) if relevant is not None else None
@@ -155,11 +195,12 @@ def _read_fds(
     names: Iterable[str]
     number = -1
     if count is not None:
+        numbers = _fd_names(count)
         seen = 0
         try:
             while seen < count:
                 number += 1
-                link = readlink(f"{base}{number}")
+                link = readlink(numbers[number], dir_fd=directory)
                 seen += 1
                 inode = links.get(link)
                 if inode is not None and inode not in found:
@@ -174,14 +215,14 @@ def _read_fds(
         except OSError:
             return None  # PermissionError: another user's process, without root
     try:
-        names = os.listdir(base)
+        names = os.listdir(directory)
     except OSError:
         return (list(found), False) if found else None
     for name in names:
         if int(name) <= number:
             continue  # read by number already
         try:
-            link = readlink(base + name)
+            link = readlink(name, dir_fd=directory)
         except FileNotFoundError:
             continue  # closed meanwhile
         except OSError:
@@ -228,35 +269,61 @@ def scan_holders(wanted: Mapping[int, tuple[int | None, int | None]]) -> OwnerSc
     complete: set[int] = set()
     skipped: set[int] = set()  # gone or unreadable
     reads = 0
+    open_fds = _open_fds
+    fstat = os.fstat
+    close = os.close
 
     # Phase 1: each process is read for the un-narrowed inodes plus those whose
     # narrowing it passes; the others wait for phase 2.
     for pid in pids:
-        groups = [g for g in narrowed if g[1] is None or pid in g[1]]
+        groups = [g for g in narrowed if g[1] is None or pid in g[1]] if narrowed else narrowed
         if not free and not groups:
             continue  # in none of the cgroups: not even a stat
+        directory: int | None = None
+        if free:
+            # Every process is read: open its fd table right away (fstat tells the rest).
+            try:
+                directory = os.open(f"{_PROC}/{pid}/fd", _DIRECTORY_FLAGS)
+            except PermissionError:
+                pass  # another user's process: see below what its stat says
+            except OSError:
+                skipped.add(pid)
+                continue  # ended
+        if directory is not None:
+            status = fstat(directory)
+        else:
+            try:
+                status = os.stat(f"{_PROC}/{pid}/fd")  # owner: the process's uid
+            except OSError:
+                skipped.add(pid)
+                continue  # ended
         try:
-            status = os.stat(f"{_PROC}/{pid}/fd")  # owner: the process's uid
-        except OSError:
-            skipped.add(pid)
-            continue  # ended
-        extra = [
-            inode
-            for uid, _cgroup, inodes in groups
-            if uid is None or uid == status.st_uid
-            for inode in inodes
-        ]
-        if not free and not extra:
-            continue
-        count = status.st_size if counted else None
-        if count == 0:
-            complete.add(pid)  # no open fds: nothing to read
-            continue
-        relevant = (
-            free + extra if narrowed and len(free) + len(extra) <= _EARLY_STOP_LIMIT else None
-        )
-        reads += 1
-        result = _read_fds(pid, count, links, relevant)
+            extra = [
+                inode
+                for uid, _cgroup, inodes in groups
+                if uid is None or uid == status.st_uid
+                for inode in inodes
+            ]
+            if not free and not extra:
+                continue
+            count = status.st_size if counted else None
+            if count == 0:
+                complete.add(pid)  # no open fds: nothing to read
+                continue
+            if directory is None:
+                directory = open_fds(pid)
+                if directory is None:
+                    reads += 1
+                    skipped.add(pid)
+                    continue
+            relevant = (
+                free + extra if narrowed and len(free) + len(extra) <= _EARLY_STOP_LIMIT else None
+            )
+            reads += 1
+            result = _read_fds(directory, count, links, relevant)
+        finally:
+            if directory is not None:
+                close(directory)
         if result is None:
             skipped.add(pid)
             continue
@@ -274,7 +341,13 @@ def scan_holders(wanted: Mapping[int, tuple[int | None, int | None]]) -> OwnerSc
             if pid in complete or pid in skipped:
                 continue
             reads += 1
-            result = _read_fds(pid, None, missing_links, None)
+            directory = open_fds(pid)
+            if directory is None:
+                continue
+            try:
+                result = _read_fds(directory, None, missing_links, None)
+            finally:
+                close(directory)
             if result is not None:
                 for inode in result[0]:
                     holders.setdefault(inode, []).append(pid)
@@ -285,90 +358,74 @@ def scan_holders(wanted: Mapping[int, tuple[int | None, int | None]]) -> OwnerSc
     )
 
 
-def _needs_lookup(entry: SocketEntry) -> bool:
-    return entry.owner_status is OwnerStatus.NOT_LOOKED_UP
-
-
-#: The fields _with_owners copies by name; if models.SocketEntry changes, fall back to
-#: dataclasses.replace (a third slower; thousands of entries go through here).
-_COPIED = (
-    "transport",
-    "family",
-    "state",
-    "local",
-    "remote",
-    "uid",
-    "inode",
-    "exposure",
-    "recv_queue",
-    "send_queue",
-    "v6only",
-    "cgroup_id",
-    "interface",
-    "netns",
-)
-_FAST_COPY = tuple(f.name for f in dataclasses.fields(SocketEntry)) == (
-    *_COPIED,
-    "owner_status",
-    "owners",
-)
-
-
 def _with_owners(
     entry: SocketEntry, status: OwnerStatus, owners: tuple[Owner, ...] = ()
 ) -> SocketEntry:
-    if not _FAST_COPY:
+    if type(entry) is not SocketEntry:
         return dataclasses.replace(entry, owner_status=status, owners=owners)
-    return SocketEntry(
-        transport=entry.transport,
-        family=entry.family,
-        state=entry.state,
-        local=entry.local,
-        remote=entry.remote,
-        uid=entry.uid,
-        inode=entry.inode,
-        exposure=entry.exposure,
-        recv_queue=entry.recv_queue,
-        send_queue=entry.send_queue,
-        v6only=entry.v6only,
-        cgroup_id=entry.cgroup_id,
-        interface=entry.interface,
-        netns=entry.netns,
-        owner_status=status,
-        owners=owners,
-    )
+    # The entry's fields with two of them replaced: dataclasses.replace, at a fraction of
+    # the cost.
+    fields = entry.__dict__.copy()
+    fields["owner_status"] = status
+    fields["owners"] = owners
+    return assemble(SocketEntry, fields)
 
 
-def attach_owners(entries: Sequence[SocketEntry]) -> list[SocketEntry]:
+def attach_owners(entries: Sequence[SocketEntry], *, fresh: bool = False) -> list[SocketEntry]:
     """``entries`` with ``owners`` and ``owner_status`` filled in (identity and ancestors
     are left for the layer above). Entries that already have an owner status are kept.
 
     KERNEL: TIME_WAIT, and sockets without an inode (a connection still in an accept
-    queue, an orphan closing down). NOT_VISIBLE: no process we may see holds it.
+    queue, an orphan closing down). NOT_VISIBLE: no process we may see holds it. Sockets
+    held by the same processes share one tuple of owners (records are immutable).
+    ``fresh``: the entries were just made by the caller and nobody else holds them yet,
+    so they are completed in place instead of copied.
     """
+    not_looked_up = OwnerStatus.NOT_LOOKED_UP
+    time_wait = SocketState.TIME_WAIT
     wanted: dict[int, tuple[int | None, int | None]] = {}
     for entry in entries:
-        if _needs_lookup(entry) and entry.state is not SocketState.TIME_WAIT and entry.inode:
+        if entry.owner_status is not_looked_up and entry.state is not time_wait and entry.inode:
             wanted[entry.inode] = (entry.uid, entry.cgroup_id)
     holders = scan_holders(wanted).holders
     from portside.processes import process_info
 
     infos: dict[int, ProcessInfo | None] = {}
+    shared: dict[tuple[int, ...], tuple[Owner, ...]] = {}
+    statuses: dict[tuple[int, ...], OwnerStatus] = {}
     result: list[SocketEntry] = []
+    append = result.append
+    in_place = fresh and all(type(entry) is SocketEntry for entry in entries)
     for entry in entries:
-        if not _needs_lookup(entry):
-            result.append(entry)
+        if entry.owner_status is not not_looked_up:
+            append(entry)
             continue
-        if entry.state is SocketState.TIME_WAIT or entry.inode == 0:
-            result.append(_with_owners(entry, OwnerStatus.KERNEL))
-            continue
-        owners: list[Owner] = []
-        for pid in holders.get(entry.inode or 0, ()):
-            if pid not in infos:
-                infos[pid] = process_info(pid)
-            info = infos[pid]
-            if info is not None:  # ended since the scan: it holds nothing any more
-                owners.append(Owner(process=info, identity=None))
-        status = OwnerStatus.FOUND if owners else OwnerStatus.NOT_VISIBLE
-        result.append(_with_owners(entry, status, tuple(owners)))
+        inode = entry.inode
+        if entry.state is time_wait or inode == 0:
+            owners: tuple[Owner, ...] = ()
+            status = OwnerStatus.KERNEL
+        else:
+            pids = holders.get(inode or 0, ())
+            found_owners = shared.get(pids)
+            if found_owners is None:
+                found: list[Owner] = []
+                for pid in pids:
+                    if pid not in infos:
+                        infos[pid] = process_info(pid)
+                    info = infos[pid]
+                    if info is not None:  # ended since the scan: it holds nothing any more
+                        found.append(Owner(process=info, identity=None))
+                found_owners = shared[pids] = tuple(found)
+                statuses[pids] = OwnerStatus.FOUND if found else OwnerStatus.NOT_VISIBLE
+            owners = found_owners
+            status = statuses[pids]
+        if in_place:
+            # Made by the caller a moment ago and seen by nobody yet: filling the two
+            # fields now is making it with them (thousands of entries; no copy).
+            fields = entry.__dict__
+            fields["owner_status"] = status
+            fields["owners"] = owners
+            append(entry)
+        else:
+            append(_with_owners(entry, status, owners))
     return result

@@ -1,0 +1,105 @@
+"""The socket layer's bookkeeping around the backends: owners filled in without
+touching a caller's records, and listings in the same order however they are sorted."""
+
+import os
+import socket
+import sys
+
+import pytest
+
+from portside.models import (
+    Endpoint,
+    Exposure,
+    Family,
+    NetNamespace,
+    OwnerStatus,
+    SocketEntry,
+    SocketState,
+    Transport,
+)
+from portside.sockets import SocketQuery, listeners, port_sockets
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the Linux owner scan")
+
+
+class KeepingBackend:
+    """A backend from elsewhere that hands out the same entries every time."""
+
+    name = "keeping"
+
+    def __init__(self, entries: list[SocketEntry]) -> None:
+        self.kept = entries
+
+    def entries(self, query: SocketQuery) -> list[SocketEntry]:
+        return list(self.kept)
+
+    def entries_in_namespace(
+        self, namespace: NetNamespace, pid: int | None, query: SocketQuery
+    ) -> list[SocketEntry]:
+        return list(self.kept)
+
+
+def entry_for(sock: socket.socket) -> SocketEntry:
+    ip, port = sock.getsockname()[:2]
+    return SocketEntry(
+        transport=Transport.TCP,
+        family=Family.IPV4,
+        state=SocketState.LISTEN,
+        local=Endpoint(ip=ip, port=port),
+        remote=None,
+        uid=os.geteuid(),
+        inode=os.fstat(sock.fileno()).st_ino,
+        exposure=Exposure.LOOPBACK,
+    )
+
+
+def test_a_foreign_backends_entries_are_copied_not_completed_in_place():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        kept = entry_for(server)
+        backend = KeepingBackend([kept])
+        for _ in range(2):
+            [found] = port_sockets(kept.local.port, namespaces=False, backend=backend)
+            assert found.owner_status is OwnerStatus.FOUND
+            assert [owner.process.pid for owner in found.owners] == [os.getpid()]
+            assert found is not kept
+        assert kept.owner_status is OwnerStatus.NOT_LOOKED_UP
+        assert kept.owners == ()
+
+
+def test_sockets_of_the_same_processes_share_their_owners():
+    with (
+        socket.create_server(("127.0.0.1", 0)) as first,
+        socket.create_server(("127.0.0.1", 0)) as second,
+    ):
+        ports = {first.getsockname()[1], second.getsockname()[1]}
+        mine = [e for e in listeners(namespaces=False) if e.local.port in ports]
+        assert len(mine) == 2
+        assert mine[0].owners == mine[1].owners
+        assert mine[0].owners is mine[1].owners
+
+
+def test_ls_orders_sockets_as_the_sorted_listeners_would():
+    from portside.inspect import SocketFilter, list_sockets
+
+    with (
+        socket.create_server(("127.0.0.1", 0)) as tcp,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+    ):
+        udp.bind(("127.0.0.1", tcp.getsockname()[1]))
+        listed = list_sockets(SocketFilter(), namespaces=False)
+        again = sorted(
+            listeners(namespaces=False),
+            key=lambda e: (e.local.port, e.transport, e.local.ip, e.state),
+        )
+        key = [(e.transport, e.local, e.inode) for e in listed]
+        # Sockets may come and go between the two looks (other tests run meanwhile):
+        # compare the ones both saw.
+        both = {(e.transport, e.local, e.inode) for e in again} & set(key)
+        assert [k for k in key if k in both] == [
+            (e.transport, e.local, e.inode)
+            for e in again
+            if (e.transport, e.local, e.inode) in both
+        ]
+        assert (Transport.UDP, Endpoint(ip="127.0.0.1", port=tcp.getsockname()[1])) in {
+            (k[0], k[1]) for k in key
+        }
