@@ -19,6 +19,13 @@ PURE = [
     "procfs.py",
     "sockdiag.py",
     "identify.py",
+    "sniff.py",
+    "portrange.py",
+    "services.py",
+    "firewall.py",
+    "diagnosis/rules.py",
+    "diagnosis/facts.py",
+    "net/routes.py",
 ]
 IO_MODULES = {
     "asyncio",

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
+from portside.cli import main as portside
 from portside.pick import pick_port
-from tests.integration._ports_cli import run as portside
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "tests.integration._ports_cli"]
+CLI = [sys.executable, "-m", "portside"]
 
 #: Listens on 127.0.0.1:PORT (0: any), then prints "PORT PID [GRANDCHILD_PID]" and waits.
 #: Flags: ignore-term (SIGTERM ignored), child (start a grandchild that only sleeps),

@@ -9,10 +9,10 @@ import socket
 
 import pytest
 
+from portside.cli import main as portside
 from portside.kernel import port_settings
 from portside.pick import NoFreePortError, Rejection, bind_check, explain_pick, pick_port
 from portside.registry import GLOBAL_SCOPE, Registry
-from tests.integration._ports_cli import run as portside
 
 
 def _ipv6() -> bool:

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
+from portside.cli import main as cli
 from portside.models import Family
 from portside.probe import Hints, connect_times, identify, owner_names
 from portside.sniff import Probe, Protocol
 from tests.integration import _servers
 from tests.integration._components import LOOPBACK, running_sshd, temp_dir
-from tests.integration._probe_cli import main as cli
 
 
 @pytest.fixture

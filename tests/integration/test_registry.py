@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from portside.cli import main as portside
 from portside.kernel import port_settings
 from portside.pick import hashed_start, make_policy
 from portside.registry import (
@@ -29,7 +30,6 @@ from portside.registry import (
     project_scope,
     registry_path,
 )
-from tests.integration._ports_cli import run as portside
 
 
 @pytest.fixture

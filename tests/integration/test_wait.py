@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from portside.cli import main as cli
 from portside.errors import UsageError
 from portside.models import Family
 from portside.wait import Condition, Readiness, check, parse_statuses, wait_for
 from tests.integration import _servers
 from tests.integration._components import LOOPBACK, STOP_GRACE, temp_dir
-from tests.integration._probe_cli import main as cli
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -250,17 +251,31 @@ def held(address: tuple[str, int]) -> Iterator[socket.socket | None]:
         yield sock
 
 
-def test_an_ipv6_only_server_is_found_through_localhost(site):
-    addresses = {
-        info[4][0] for info in socket.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)
-    }
-    if "::1" not in addresses or not _servers.has_ipv6_loopback():
-        pytest.skip(f"localhost does not resolve to ::1 here: {addresses}")
+def test_an_ipv6_only_server_is_found_through_localhost(site, tmp_path):
+    """`localhost` naming both loopbacks (a private /etc/hosts in a private mount
+    namespace, so this machine's own file does not decide), the server only on ::1."""
+    if not _servers.has_ipv6_loopback():
+        pytest.skip("no IPv6 on loopback here")
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare (util-linux) for a private /etc/hosts")
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n::1 localhost\n")
     with _servers.http_server(site, host="::1") as port, held((LOOPBACK, port)):
-        result = wait_for([f"http://localhost:{port}/"], timeout=10, interval=0.05)
-    (state,) = result.targets
-    assert result.ready, state.last_error
-    assert (state.ip, state.family) == ("::1", Family.IPV6)
+        script = (
+            f"mount --bind {hosts} /etc/hosts && exec {sys.executable} -m portside wait"
+            f" --json --timeout 10 --interval 0.05 http://localhost:{port}/"
+        )
+        child = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+            check=False,
+        )
+    assert child.returncode == 0, child.stdout + child.stderr
+    (state,) = json.loads(child.stdout)["targets"]
+    assert (state["ip"], state["family"]) == ("::1", "ipv6")
 
 
 def test_timing_out_names_what_was_not_ready_and_why(site):
@@ -324,11 +339,8 @@ def test_wait_command_exit_2_for_bad_input(argv, capsys):
 
 
 def run_portside(*argv: str) -> subprocess.CompletedProcess[str]:
-    """``python -m portside`` once ``wait`` is wired into the parser; until then the same
-    parser code from tests/integration/_probe_cli.py."""
-    from tests.integration._probe_cli import is_wired
-
-    head = ["-m", "portside"] if is_wired() else ["-m", "tests.integration._probe_cli"]
+    """``python -m portside ARGV`` in a child process."""
+    head = ["-m", "portside"]
     return subprocess.run(
         [sys.executable, *head, *argv],
         capture_output=True,

@@ -111,7 +111,108 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=5.0, help="bound on the whole run, seconds (default 5)"
     )
     doctor.set_defaults(handler=_lazy("_doctor", "run_doctor"))
+    from portside.cli import _ca
+
+    ca = commands.add_parser(
+        "ca",
+        parents=[common],
+        help="the local CA for https://NAME.localhost: where, fingerprint, how to trust",
+        description=_ca.DESCRIPTION,
+    )
+    _ca.add_arguments(ca)
+    ca.set_defaults(handler=_lazy("_ca", "run_ca"))
+    from portside.cli._run import add_run_command
+
+    add_run_command(commands, common)
+    _add_probe_and_wait(commands, common)
+    _add_network_commands(commands, common)
+    from portside.cli._ports import add_port_commands
+
+    add_port_commands(commands, common)
     return parser
+
+
+def _add_probe_and_wait(commands: Any, common: _ErrorParser) -> None:
+    probe = commands.add_parser(
+        "probe",
+        parents=[common],
+        help="connect latency per address family (tcping), and what the port speaks",
+        description=(
+            "Time COUNT TCP connects to TARGET for each address family it resolves to"
+            " (min/avg/max, loss, each failure with its errno name); with --identify, also"
+            " tell what the port speaks (TLS with its certificate, HTTP, h2c, SSH, Redis,"
+            " PostgreSQL, MySQL, ...) without sending HTTP to Redis."
+            " Exit 0 when at least one connect succeeded, 1 when none did, 2 for bad input."
+        ),
+    )
+    probe.add_argument("target", metavar="TARGET")
+    probe.add_argument(
+        "-c", "--count", type=int, default=4, help="connects per address family (default 4)"
+    )
+    probe.add_argument(
+        "-i", "--interval", type=float, default=1.0, metavar="S", help="seconds between rounds"
+    )
+    probe.add_argument(
+        "--timeout",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="seconds per connect (default 2); --identify takes at most 3x this per address",
+    )
+    probe.add_argument(
+        "--identify", action="store_true", help="also identify the protocol (safe probe order)"
+    )
+    probe.set_defaults(handler=_lazy("_probe", "run_probe"))
+
+    wait = commands.add_parser(
+        "wait",
+        parents=[common],
+        usage="%(prog)s [--timeout S] [--interval S] [--status LIST] [--body TEXT] [--json]"
+        " TARGET... [-- CMD...]",
+        help="wait until every target is ready, then exit 0 or run CMD",
+        description=(
+            "Wait until every TARGET is ready: HOST:PORT connects; http(s):// answers with a"
+            " status in --status (and a body containing --body); redis:// answers PING;"
+            " postgres:// answers the SSLRequest; tcp+tls:// completes a TLS handshake."
+            " Names are tried on every address family. Then exit 0, or exec CMD."
+            " Exit 1 on timeout (naming what was not ready and why), 2 for bad input."
+        ),
+    )
+    wait.add_argument(
+        "--timeout", type=float, default=30.0, metavar="S", help="give up after S seconds (30)"
+    )
+    wait.add_argument(
+        "--interval", type=float, default=0.5, metavar="S", help="seconds between attempts (0.5)"
+    )
+    wait.add_argument(
+        "--status",
+        default="200-399",
+        metavar="LIST",
+        help="HTTP statuses that count as ready, e.g. 200-299,401 (default 200-399)",
+    )
+    wait.add_argument("--body", metavar="TEXT", help="the HTTP body must contain TEXT")
+    # argparse cannot split TARGET... -- CMD... itself: run_wait splits at "--".
+    wait.add_argument("words", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    wait.set_defaults(handler=_lazy("_probe", "run_wait"))
+
+
+def _add_network_commands(commands: Any, common: _ErrorParser) -> None:
+    """scan, serve, proxy and forward: each module declares its own options."""
+    from portside.cli import _audit, _forward, _proxy, _scan, _serve
+
+    declared = (
+        ("scan", _scan, "which ports answer on an address, a range or a subnet"),
+        ("serve", _serve, "a static file server for development"),
+        ("proxy", _proxy, "a reverse proxy with named routes (app.localhost)"),
+        ("forward", _forward, "forward a port to another, with optional faults"),
+        ("audit", _audit, "which listeners the network can reach, and the fix"),
+    )
+    for name, module, summary in declared:
+        command = commands.add_parser(
+            name, parents=[common], help=summary, description=module.DESCRIPTION
+        )
+        module.add_arguments(command)
+        command.set_defaults(handler=_lazy(f"_{name}", f"run_{name}"))
 
 
 def _port(text: str) -> int:
