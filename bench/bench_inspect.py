@@ -1,4 +1,4 @@
-"""Inspection figures, side by side with ss, measured with hyperfine.
+"""Inspection figures, side by side with ss, in one run on the same machine state.
 
 Sets up about 3,000 TCP listeners on loopback (held by 30 worker processes) and tops the
 machine up to about 700 processes (idle ``sleep`` processes), then times:
@@ -16,6 +16,15 @@ in two scenarios (``--scenario`` picks one; both by default):
   owner lookup applies to their sockets. The sleepers and the rest of the machine are
   unchanged; any root socket elsewhere still makes ``ls`` read every fd table.
 
+Fairness: the runs interleave (each round runs every command once, in a rotated order;
+3 warm-up rounds), every command runs as the same user against the same sockets, and a
+check first makes sure both sides do the same work (ss names the owners, portside finds
+them and lists at least ss's TCP listeners). Python bytecode is compiled into a temporary
+cache first (``PYTHONPYCACHEPREFIX``), as an installed package has it: sources edited
+meanwhile and ``PYTHONDONTWRITEBYTECODE`` would otherwise recompile modules on every run.
+The figures are medians of wall time; the CPU time (user + system, from wait4) of each
+run is reported beside them, as the machine may be shared.
+
 Every process it starts is ended by pid when it finishes. Results: medians and ratios on
 stdout and in bench/results/inspect.json (the worst case at the top level, as before, and
 both scenarios under ``scenarios``). Exit status 0 when every goal of the worst case is met.
@@ -30,9 +39,11 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -110,26 +121,90 @@ def start_sleepers(target_total: int) -> list[subprocess.Popen[bytes]]:
     return [subprocess.Popen(["sleep", "3600"]) for _ in range(max(0, target_total - current))]
 
 
-def hyperfine(commands: dict[str, list[str]], runs: int, out: Path) -> dict[str, float]:
-    import shlex
+def _fresh_bytecode_env(cache: str) -> dict[str, str]:
+    """The environment every command runs in: bytecode kept in ``cache`` (a temporary
+    directory), written there by the warm-up runs and kept fresh. Others may edit the
+    sources while this runs, and ``PYTHONDONTWRITEBYTECODE`` (set in some environments)
+    would then make every run recompile the edited modules: an installed package has its
+    bytecode, so the comparison would be unfair to portside. Nothing is written into the
+    repository."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = cache
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(ROOT / "src")],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return env
 
-    args = [
-        "hyperfine",
-        "-N",
-        "--warmup",
-        "3",
-        "--runs",
-        str(runs),
-        "--export-json",
-        str(out),
-        "--style",
-        "basic",
-    ]
-    for name, argv in commands.items():
-        args.extend(["--command-name", name, shlex.join(argv)])
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
-    results = json.loads(out.read_text())["results"]
-    return {r["command"]: float(r["median"]) for r in results}
+
+def _run_once(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds user+system, exit status) of one run, output discarded."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        started = time.perf_counter()
+        pid = os.posix_spawnp(
+            argv[0],
+            argv,
+            env,
+            file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 1), (os.POSIX_SPAWN_DUP2, devnull, 2)],
+        )
+        _pid, status, usage = os.wait4(pid, 0)
+        wall = time.perf_counter() - started
+    finally:
+        os.close(devnull)
+    return wall, usage.ru_utime + usage.ru_stime, os.waitstatus_to_exitcode(status)
+
+
+def interleaved(
+    commands: dict[str, list[str]], runs: int, env: dict[str, str], warmup: int = 3
+) -> dict[str, dict[str, float]]:
+    """Median wall and CPU time of each command over ``runs`` rounds. Every round runs
+    each command once, in an order rotated from round to round, so that whatever else
+    the machine does at the time weighs on every command alike."""
+    names = list(commands)
+    walls: dict[str, list[float]] = {name: [] for name in names}
+    cpus: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(warmup + runs):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            wall, cpu, status = _run_once(commands[name], env)
+            if status not in (0, 1):  # 1: portside's "nothing found", never expected here
+                raise SystemExit(f"{name} failed with exit status {status}")
+            if round_ >= warmup:
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+    return {
+        name: {"wall": statistics.median(walls[name]), "cpu": statistics.median(cpus[name])}
+        for name in names
+    }
+
+
+def _check_same_work(portside: str, port: int, env: dict[str, str]) -> None:
+    """Both sides see the same listeners with their owners (else the figures compare
+    different work): ss names a process for the port, portside finds an owner for it and
+    lists at least as many TCP listeners as ss."""
+    ss_port = subprocess.run(
+        ["ss", "-tlnpH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout
+    if "users:((" not in ss_port:
+        raise SystemExit(f"ss shows no owner for port {port}: run as root")
+    who = json.loads(
+        subprocess.run(
+            [portside, "who", str(port), "--json"], capture_output=True, text=True, env=env
+        ).stdout
+    )
+    if not any(socket["owners"] for socket in who["sockets"]):
+        raise SystemExit(f"portside who {port} found no owner")
+    ss_all = subprocess.run(["ss", "-tlnH"], capture_output=True, text=True, check=True).stdout
+    listed = json.loads(
+        subprocess.run([portside, "ls", "--json"], capture_output=True, text=True, env=env).stdout
+    )
+    tcp = [s for s in listed["sockets"] if s["transport"] == "tcp"]
+    if len(tcp) < len(ss_all.splitlines()):
+        raise SystemExit("portside ls lists fewer TCP listeners than ss")
 
 
 def stop(holders: list[subprocess.Popen[str]], sleepers: list[subprocess.Popen[bytes]]) -> None:
@@ -158,8 +233,10 @@ def run_scenario(name: str, options: argparse.Namespace) -> dict[str, object]:
                 ["ss", "-tlnH"], capture_output=True, text=True, check=True
             ).stdout.splitlines()
         )
-        with tempfile.TemporaryDirectory() as tmp:
-            medians = hyperfine(
+        with tempfile.TemporaryDirectory() as cache:
+            env = _fresh_bytecode_env(cache)
+            _check_same_work(portside, port, env)
+            medians = interleaved(
                 {
                     "ss -tlnpH": ["ss", "-tlnpH"],
                     "portside ls --json": [portside, "ls", "--json"],
@@ -169,22 +246,31 @@ def run_scenario(name: str, options: argparse.Namespace) -> dict[str, object]:
                     "portside --version": [portside, "--version"],
                 },
                 options.runs,
-                Path(tmp) / "hyperfine.json",
+                env,
             )
     finally:
         stop(holders, sleepers)
-    figures: dict[str, tuple[float, float]] = {
-        "ls_vs_ss": (medians["portside ls --json"] / medians["ss -tlnpH"], 1.0),
-        "who_vs_ss_filtered": (medians["portside who --json"] / medians["ss -tlnpH sport"], 0.7),
-        "version_vs_bare_python": (medians["portside --version"] / medians["python -c pass"], 3.0),
+    pairs = {
+        "ls_vs_ss": ("portside ls --json", "ss -tlnpH", 1.0),
+        "who_vs_ss_filtered": ("portside who --json", "ss -tlnpH sport", 0.7),
+        "version_vs_bare_python": ("portside --version", "python -c pass", 3.0),
     }
+    wall = {name: times["wall"] for name, times in medians.items()}
+    cpu = {name: times["cpu"] for name, times in medians.items()}
     return {
         "holders": "nobody" if name == AS_NOBODY else "root",
         "machine": {"listeners": listening, "processes": total_procs, "cpus": os.cpu_count()},
-        "medians_ms": {key: round(value * 1000, 2) for key, value in medians.items()},
+        "runs": options.runs,
+        "medians_ms": {key: round(value * 1000, 2) for key, value in wall.items()},
+        "cpu_medians_ms": {key: round(value * 1000, 2) for key, value in cpu.items()},
         "ratios": {
-            key: {"measured": round(ratio, 3), "goal": goal, "met": ratio <= goal}
-            for key, (ratio, goal) in figures.items()
+            key: {
+                "measured": round(wall[ours] / wall[theirs], 3),
+                "goal": goal,
+                "met": wall[ours] / wall[theirs] <= goal,
+                "cpu": round(cpu[ours] / cpu[theirs], 3),
+            }
+            for key, (ours, theirs, goal) in pairs.items()
         },
     }
 
@@ -197,8 +283,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=30)
     parser.add_argument("--scenario", choices=SCENARIOS, action="append")
     options = parser.parse_args()
-    if not shutil.which("hyperfine") or not shutil.which("ss"):
-        print("needs hyperfine and ss (apt-get install hyperfine iproute2)", file=sys.stderr)
+    if not shutil.which("ss"):
+        print("needs ss (apt-get install iproute2)", file=sys.stderr)
         return 2
     chosen = [name for name in SCENARIOS if name in (options.scenario or SCENARIOS)]
     if AS_NOBODY in chosen and os.geteuid() != 0:

@@ -26,6 +26,7 @@ PURE = [
     "diagnosis/rules.py",
     "diagnosis/facts.py",
     "net/routes.py",
+    "frameworks.py",
 ]
 IO_MODULES = {
     "asyncio",

@@ -28,6 +28,21 @@ class PortMatch:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Condition:
+    """A match decided by facts of the packet rather than by its addresses.
+
+    ``key``: ``"ct-state"`` (new, established, related, invalid, untracked),
+    ``"dst-type"`` (iptables addrtype: local, unicast, broadcast …), ``"nfproto"``
+    (ipv4/ipv6), ``"rt-type"`` (IPv6 routing header types), ``"tcp-flags"`` (``syn``: a
+    first SYN). The rule matches when the packet has one of ``values`` (or none, negated).
+    """
+
+    key: str
+    values: frozenset[str]
+    negated: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Rule:
     source: str  # "nft", "iptables", "ip6tables", "iptables-legacy" …
     family: str  # "ip", "ip6", "inet", …
@@ -41,6 +56,9 @@ class Rule:
     established: bool  # matches ct state established/related only
     unknown: tuple[str, ...]  # matches not understood
     text: str
+    conditions: tuple[Condition, ...] = ()  # matches decided by the packet's state and type
+    effects: tuple[str, ...] = ()  # statements that change the packet or its path (dnat, vmap)
+    state_map: tuple[tuple[str, str], ...] = ()  # ``ct state vmap``: (state, verdict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +71,7 @@ class Chain:
     priority: int | None
     policy: str | None  # "accept" / "drop" for base chains
     rules: tuple[Rule, ...]
+    type: str | None = None  # nftables chain type: "filter", "nat", "route"
 
 
 # --- nftables JSON ----------------------------------------------------------------------------
@@ -88,6 +107,9 @@ def _nft_rule(rule: Mapping[str, Any], sets: Mapping[tuple[str, str, str], PortM
     target: str | None = None
     established = False
     unknown: list[str] = []
+    conditions: list[Condition] = []
+    effects: list[str] = []
+    state_map: list[tuple[str, str]] = []
     for expression in rule.get("expr", []):
         if not isinstance(expression, dict):
             unknown.append(str(expression))
@@ -116,10 +138,17 @@ def _nft_rule(rule: Mapping[str, Any], sets: Mapping[tuple[str, str, str], PortM
                 protocol = right
             elif meta and meta.get("key") in ("iifname", "iif") and isinstance(right, str):
                 iif = right if op == "==" else f"!{right}"
-            elif ct and ct.get("key") == "state":
-                states = right if isinstance(right, list) else [right]
+            elif meta and meta.get("key") == "nfproto" and isinstance(right, str):
+                conditions.append(
+                    Condition(key="nfproto", values=frozenset({right}), negated=op == "!=")
+                )
+            elif ct and ct.get("key") == "state" and (states := _words(right)) is not None:
                 if op in ("==", "in") and set(states) <= {"established", "related"}:
                     established = True
+                if op in ("==", "in", "!="):
+                    conditions.append(
+                        Condition(key="ct-state", values=frozenset(states), negated=op == "!=")
+                    )
                 else:
                     unknown.append(f"ct state {op} {states}")
             else:
@@ -131,10 +160,17 @@ def _nft_rule(rule: Mapping[str, Any], sets: Mapping[tuple[str, str, str], PortM
             value = expression[key]
             if key in ("jump", "goto") and isinstance(value, dict):
                 target = value.get("target")
-        elif key in ("counter", "log", "comment", "limit"):
+        elif key in ("counter", "log", "comment", "mangle"):
             continue
+        elif key == "vmap" and (pairs := _state_vmap(expression[key])) is not None:
+            state_map.extend(pairs)
+        elif key in ("limit", "quota") or (
+            key == "xt" and (expression[key] or {}).get("type") == "match"
+        ):
+            unknown.append(key)  # a condition portside does not evaluate
         else:
             unknown.append(key)
+            effects.append(key)
     return Rule(
         source="nft",
         family=str(rule.get("family", "")),
@@ -148,7 +184,41 @@ def _nft_rule(rule: Mapping[str, Any], sets: Mapping[tuple[str, str, str], PortM
         established=established,
         unknown=tuple(unknown),
         text=str(rule.get("comment") or _nft_summary(protocol, dport, iif, verdict, target)),
+        conditions=tuple(conditions),
+        effects=tuple(effects),
+        state_map=tuple(state_map),
     )
+
+
+def _words(right: Any) -> list[str] | None:
+    """``"new"``, ``["new", "invalid"]`` or ``{"set": [...]}`` -> the words; else None."""
+    if isinstance(right, str):
+        return [right]
+    if isinstance(right, dict) and isinstance(right.get("set"), list):
+        right = right["set"]
+    if isinstance(right, list) and all(isinstance(word, str) for word in right):
+        return list(right)
+    return None
+
+
+def _state_vmap(body: Any) -> list[tuple[str, str]] | None:
+    """``ct state vmap { established : accept, invalid : drop }`` -> (state, verdict) pairs."""
+    if not isinstance(body, dict) or body.get("key") != {"ct": {"key": "state"}}:
+        return None
+    data = body.get("data")
+    entries = data.get("set") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        return None
+    pairs: list[tuple[str, str]] = []
+    for entry in entries:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], dict)):
+            return None
+        verdict = next(iter(entry[1]), None)
+        states = _words(entry[0])
+        if verdict not in ("accept", "drop", "reject", "continue", "return") or states is None:
+            return None
+        pairs.extend((state, str(verdict)) for state in states)
+    return pairs
 
 
 def _nft_summary(
@@ -224,6 +294,7 @@ def parse_nft_json(text: str) -> list[Chain]:
                 priority=priority if isinstance(priority, int) else None,
                 policy=body.get("policy"),
                 rules=tuple(found),
+                type=body.get("type"),
             )
         )
     return result
@@ -262,8 +333,10 @@ def _ipt_rule(words: list[str], source: str, family: str, table: str) -> Rule:
     target: str | None = None
     established = False
     unknown: list[str] = []
+    conditions: list[Condition] = []
     negate = False
     index = 2
+    after_target = False
     while index < len(words):
         word = words[index]
         value = words[index + 1] if index + 1 < len(words) else ""
@@ -281,6 +354,7 @@ def _ipt_rule(words: list[str], source: str, family: str, table: str) -> Rule:
         elif word in ("-i", "--in-interface"):
             iif = f"!{value}" if negate else value
         elif word in ("-j", "--jump", "-g", "--goto"):
+            after_target = True
             if value in _IPT_VERDICTS:
                 verdict = _IPT_VERDICTS[value]
             else:
@@ -289,13 +363,26 @@ def _ipt_rule(words: list[str], source: str, family: str, table: str) -> Rule:
         elif word in ("--ctstate", "--state"):
             if set(value.split(",")) <= {"ESTABLISHED", "RELATED"} and not negate:
                 established = True
-            else:
-                unknown.append(f"{word} {value}")
+            states = frozenset(value.lower().split(","))
+            conditions.append(Condition(key="ct-state", values=states, negated=negate))
+        elif word in ("--dst-type", "--rt-type"):
+            key = "dst-type" if word == "--dst-type" else "rt-type"
+            values = frozenset(value.lower().split(","))
+            conditions.append(Condition(key=key, values=values, negated=negate))
+        elif word == "--syn":
+            conditions.append(Condition(key="tcp-flags", values=frozenset({"syn"}), negated=negate))
+            index += 1
+            negate = False
+            continue
+        elif word == "--tcp-flags":
+            flags = words[index + 2] if index + 2 < len(words) else ""
+            unknown.append(f"{'! ' if negate else ''}{word} {value} {flags}".strip())
+            index += 1  # two values: the mask and the flags
         elif word in ("-m", "--match", "--comment", "--reject-with", "-c", "--set-counters"):
             if word in ("-c", "--set-counters"):
                 index += 1  # two values: packets and bytes
-        elif word.startswith("-"):
-            unknown.append(f"{word} {value}".strip())
+        elif word.startswith("-") and not after_target:  # target options are not matches
+            unknown.append(f"{'! ' if negate else ''}{word} {value}".strip())
         else:
             index += 1
             negate = False
@@ -315,6 +402,7 @@ def _ipt_rule(words: list[str], source: str, family: str, table: str) -> Rule:
         established=established,
         unknown=tuple(unknown),
         text=" ".join(words),
+        conditions=tuple(conditions),
     )
 
 

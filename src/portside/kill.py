@@ -23,20 +23,18 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import http.client
-import json
 import os
 import select
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from urllib.parse import quote
 
+from portside.containers import engine_request, engine_sockets, find_container
 from portside.errors import PortsideError
 from portside.models import (
+    Container,
     OwnerStatus,
     ProcessInfo,
     SocketEntry,
@@ -70,7 +68,9 @@ if sys.platform == "win32":
     _SIGKILL = signal.SIGTERM
 else:
     _SIGKILL = signal.SIGKILL
-_ENGINE_TIMEOUT = 10.0
+#: A container found through an Engine API socket (portside.containers; the record is
+#: portside.models.Container).
+ContainerRef = Container
 
 
 class KillRefusedError(PortsideError):
@@ -86,16 +86,6 @@ class Outcome(enum.StrEnum):
     SURVIVED = "survived"  # still there after SIGKILL (uninterruptible sleep?)
     STOPPED = "stopped"  # container stopped through the Engine API
     FAILED = "failed"  # the Engine API refused or failed
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class ContainerRef:
-    """A container found through an Engine API socket."""
-
-    engine: str  # the unix socket path
-    id: str
-    name: str
-    image: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -344,8 +334,13 @@ def plan_lines(plan: KillPlan) -> list[str]:
         lines.append(f"  wait up to {plan.grace:g} s, then SIGKILL whatever is still running")
     for stop in plan.containers:
         ref = stop.container
+        about = [ref.id[:12], f"image {ref.image}"]
+        if ref.compose_project:
+            about.append(f"compose project {ref.compose_project}")
+        if ref.container_port is not None:
+            about.append(f"container port {ref.container_port}")
         lines.append(
-            f"  stop container {ref.name} ({ref.id[:12]}, {ref.image}) through the Engine API at"
+            f"  stop container {ref.name} ({', '.join(about)}) through the Engine API at"
             f" {ref.engine}, waiting up to {plan.grace:g} s: its forwarder"
             f" {stop.forwarder_kind}[{stop.forwarder_pid}] holds the port, and killing a"
             " forwarder would not stop the container"
@@ -360,108 +355,11 @@ def plan_lines(plan: KillPlan) -> list[str]:
 # --------------------------------------------------------------------------- Engine API
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP/1.1 over a unix socket (the Docker Engine API, or podman's compatible one)."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        if sys.platform == "win32":
-            raise OSError("the Engine API over a unix socket is not available on Windows")
-        else:  # noqa: RET506 -- an explicit platform branch, for mypy --platform win32
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
-            try:
-                sock.connect(self._path)
-            except OSError:
-                sock.close()
-                raise
-            self.sock = sock
-
-
-def _engine_request(
-    engine: str, method: str, url: str, *, timeout: float = _ENGINE_TIMEOUT
-) -> tuple[int, bytes]:
-    connection = _UnixHTTPConnection(engine, timeout)
-    try:
-        connection.request(method, url, headers={"Host": "docker"})
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
-
-
-def engine_sockets(environ: Mapping[str, str] | None = None) -> list[str]:
-    """Engine API sockets to ask, in order: ``$DOCKER_HOST`` (``unix://`` only) alone when
-    set, else the usual Docker and podman sockets that exist."""
-    env = os.environ if environ is None else environ
-    host = env.get("DOCKER_HOST", "")
-    if host:
-        return [host.removeprefix("unix://")] if host.startswith("unix://") else []
-    candidates = ["/var/run/docker.sock", "/run/podman/podman.sock"]
-    runtime = env.get("XDG_RUNTIME_DIR")
-    if runtime:
-        candidates += [f"{runtime}/podman/podman.sock", f"{runtime}/docker.sock"]
-    return [path for path in candidates if Path(path).exists()]
-
-
-def _published(container: Mapping[str, object], port: int, transport: str, ip: str) -> bool:
-    ports = container.get("Ports")
-    if not isinstance(ports, list):
-        return False
-    for binding in ports:
-        if not isinstance(binding, dict):
-            continue
-        if binding.get("PublicPort") != port or binding.get("Type", "tcp") != transport:
-            continue
-        host_ip = str(binding.get("IP") or "")
-        if host_ip in ("", "0.0.0.0", "::") or host_ip == ip:  # noqa: S104 -- comparing, not binding
-            return True
-    return False
-
-
-def find_container(
-    port: int, transport: str, ip: str, engines: Sequence[str]
-) -> ContainerRef | str:
-    """The running container that publishes ``port``, asked of each engine in turn; or
-    why none was found (a sentence)."""
-    if not engines:
-        return "no Engine API socket found (set DOCKER_HOST=unix://PATH)"
-    problems: list[str] = []
-    for engine in engines:
-        try:
-            status, body = _engine_request(engine, "GET", "/containers/json")
-        except OSError as exc:
-            problems.append(f"{engine}: {exc.strerror or exc}")
-            continue
-        if status != 200:
-            problems.append(f"{engine}: HTTP {status}")
-            continue
-        try:
-            listing = json.loads(body)
-        except ValueError:
-            problems.append(f"{engine}: not JSON")
-            continue
-        for container in listing if isinstance(listing, list) else []:
-            if isinstance(container, dict) and _published(container, port, transport, ip):
-                names = container.get("Names") or [""]
-                return ContainerRef(
-                    engine=engine,
-                    id=str(container.get("Id", "")),
-                    name=str(names[0]).lstrip("/") if isinstance(names, list) else str(names),
-                    image=str(container.get("Image", "")),
-                )
-        problems.append(f"{engine}: no running container publishes {transport} port {port}")
-    return "; ".join(problems)
-
-
 def _stop_container(ref: ContainerRef, grace: float) -> ContainerResult:
     seconds = max(0, round(grace))
     url = f"/containers/{quote(ref.id, safe='')}/stop?t={seconds}"
     try:
-        status, body = _engine_request(ref.engine, "POST", url, timeout=seconds + 60.0)
+        status, body = engine_request(ref.engine, "POST", url, timeout=seconds + 60.0)
     except OSError as exc:
         return ContainerResult(
             id=ref.id, name=ref.name, outcome=Outcome.FAILED, detail=str(exc.strerror or exc)

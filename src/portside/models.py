@@ -362,12 +362,33 @@ with methods_compiled_on_first_use():
         project_dir: str | None = None
 
     @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Container:
+        """A container, as its engine's API (Docker's, or podman's compatible one) tells.
+
+        ``engine`` is the API's unix socket; ``compose_project`` the Compose project
+        (label ``com.docker.compose.project``); ``container_port`` the container's port
+        that the socket it annotates forwards to (None when not about one port).
+        """
+
+        engine: str
+        id: str
+        name: str
+        image: str
+        compose_project: str | None = None
+        container_port: int | None = None
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
     class Owner:
-        """A process holding a socket, what it is, and its ancestry (parent first)."""
+        """A process holding a socket, what it is, and its ancestry (parent first).
+
+        ``container``: for a container's port forwarder (docker-proxy, podman's conmon or
+        rootlessport), the container it forwards the socket to, when the engine told.
+        """
 
         process: ProcessInfo
         identity: Identity | None
         ancestors: tuple[ProcessInfo, ...] = ()
+        container: Container | None = None
 
     @dataclasses.dataclass(frozen=True, kw_only=True)
     class SocketEntry:

@@ -28,6 +28,10 @@ Theory of operation:
   Leases whose process is gone are reclaimed at the start of every write.
 * **Advice, not law.** A reservation does not hold the port; binding is the truth. Every
   call that hands out a port checks that it can be bound right now.
+* **Routes.** ``portside run`` publishes ``NAME.localhost -> backend`` in the ``routes``
+  table, owned like a lease by a process (pid + start time); routes of dead owners are
+  reclaimed with the leases. A running proxy notices changes cheaply through
+  ``PRAGMA data_version`` (:meth:`Registry.data_version`) and reads :meth:`Registry.routes`.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ __all__ = [
     "ForeignFileError",
     "Lease",
     "LeaseConflictError",
+    "ProxyRecord",
     "Registry",
     "RegistryBusyError",
     "RegistryDamagedError",
@@ -78,6 +83,8 @@ __all__ = [
     "Reservation",
     "ReservationConflictError",
     "ReserveResult",
+    "RouteConflictError",
+    "RouteRecord",
     "default_registry_ports",
     "process_start_token",
     "project_scope",
@@ -110,7 +117,30 @@ MIGRATIONS: tuple[str, ...] = (
         acquired    REAL    NOT NULL
     );
     """,
+    """
+    CREATE TABLE routes (
+        host         TEXT    PRIMARY KEY,
+        name         TEXT    NOT NULL,
+        scope        TEXT    NOT NULL,
+        backend_host TEXT    NOT NULL,
+        backend_port INTEGER NOT NULL CHECK (backend_port BETWEEN 1 AND 65535),
+        pid          INTEGER NOT NULL,
+        start_token  TEXT    NOT NULL,
+        created      REAL    NOT NULL
+    );
+    CREATE TABLE proxies (
+        scheme      TEXT    NOT NULL,
+        ip          TEXT    NOT NULL,
+        port        INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+        pid         INTEGER NOT NULL,
+        start_token TEXT    NOT NULL,
+        started     REAL    NOT NULL,
+        PRIMARY KEY (ip, port)
+    );
+    """,
 )
+#: Route host names are ``NAME`` + this suffix.
+ROUTE_SUFFIX = ".localhost"
 
 
 # --------------------------------------------------------------------------- errors
@@ -162,6 +192,10 @@ class LeaseConflictError(PortsideError):
     """The port is leased by another live process."""
 
 
+class RouteConflictError(PortsideError):
+    """The route's host is published by another live process."""
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -184,6 +218,33 @@ class Reservation:
     port: int
     created: float
     lease: Lease | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RouteRecord:
+    """``host`` (``NAME.localhost``) is served by ``backend_host:backend_port`` while the
+    owner process (pid + start time) runs."""
+
+    host: str
+    name: str
+    scope: str
+    backend_host: str
+    backend_port: int
+    pid: int
+    start_token: str
+    created: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ProxyRecord:
+    """A running ``portside proxy`` that follows the routes: where it listens."""
+
+    scheme: str
+    ip: str
+    port: int
+    pid: int
+    start_token: str
+    started: float
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -485,6 +546,12 @@ class Registry:
         ]
         for lease in stale:
             db.execute("DELETE FROM leases WHERE port = ?", (lease.port,))
+        for route in map(_route, db.execute("SELECT * FROM routes").fetchall()):
+            if not _owner_alive(route):
+                db.execute("DELETE FROM routes WHERE host = ?", (route.host,))
+        for proxy in map(_proxy, db.execute("SELECT * FROM proxies").fetchall()):
+            if process_start_token(proxy.pid) != proxy.start_token:
+                db.execute("DELETE FROM proxies WHERE ip = ? AND port = ?", (proxy.ip, proxy.port))
         return stale
 
     # ---------------------------------------------------------------- reservations
@@ -680,6 +747,124 @@ class Registry:
         with self._write() as db:
             return self._reclaim(db)
 
+    # ---------------------------------------------------------------- routes
+
+    def set_route(
+        self,
+        name: str,
+        *,
+        scope: str,
+        backend_host: str,
+        backend_port: int,
+        pid: int | None = None,
+    ) -> RouteRecord:
+        """Publish ``NAME.localhost -> backend_host:backend_port``, owned by the running
+        process ``pid`` (default: this one) until it exits or :meth:`remove_route`. The
+        owner may change its own route (drift).
+
+        Raises:
+            UsageError: a malformed name or port, or ``pid`` is not running.
+            RouteConflictError: another live process publishes that host.
+        """
+        name = normalise_name(name)
+        if not 1 <= backend_port <= 65535:
+            raise UsageError(f"port {backend_port} is out of range; ports are 1-65535")
+        pid = os.getpid() if pid is None else pid
+        token = process_start_token(pid)
+        if token is None:
+            raise UsageError(f"pid {pid} is not a running process")
+        record = RouteRecord(
+            host=name + ROUTE_SUFFIX,
+            name=name,
+            scope=scope,
+            backend_host=backend_host,
+            backend_port=backend_port,
+            pid=pid,
+            start_token=token,
+            created=time.time(),
+        )
+        with self._write() as db:
+            self._reclaim(db)
+            row = db.execute("SELECT * FROM routes WHERE host = ?", (record.host,)).fetchone()
+            if row is not None:
+                current = _route(row)
+                if (current.pid, current.start_token) != (pid, token):
+                    raise RouteConflictError(_route_taken(current))
+            db.execute(
+                "INSERT OR REPLACE INTO routes (host, name, scope, backend_host, backend_port,"
+                " pid, start_token, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                dataclasses.astuple(record),
+            )
+        return record
+
+    def remove_route(self, name: str, *, pid: int | None = None) -> bool:
+        """Withdraw ``NAME.localhost`` if ``pid`` (default: this process) owns it; whether
+        it did."""
+        host = normalise_name(name) + ROUTE_SUFFIX
+        pid = os.getpid() if pid is None else pid
+        with self._write() as db:
+            cursor = db.execute("DELETE FROM routes WHERE host = ? AND pid = ?", (host, pid))
+            return cursor.rowcount > 0
+
+    def route(self, name: str) -> RouteRecord | None:
+        """The live route of ``NAME.localhost``, if any (read only)."""
+        host = normalise_name(name) + ROUTE_SUFFIX
+        with self._read() as db:
+            row = db.execute("SELECT * FROM routes WHERE host = ?", (host,)).fetchone()
+        found = None if row is None else _route(row)
+        return found if found is not None and _owner_alive(found) else None
+
+    def routes(self) -> list[RouteRecord]:
+        """Routes whose owner is alive, by host (read only: dead owners' rows are
+        skipped here and deleted by the next write)."""
+        with self._read() as db:
+            rows = db.execute("SELECT * FROM routes ORDER BY host").fetchall()
+        return [route for route in map(_route, rows) if _owner_alive(route)]
+
+    def add_proxy(self, scheme: str, ip: str, port: int) -> ProxyRecord:
+        """Announce that this process proxies the routes at ``scheme://ip:port`` (so
+        ``portside run`` can print ``http://NAME.localhost:PORT/``) until it exits."""
+        token = process_start_token(os.getpid())
+        if token is None:  # pragma: no cover -- this process is running
+            raise UsageError("this process has no start time")
+        record = ProxyRecord(
+            scheme=scheme, ip=ip, port=port, pid=os.getpid(), start_token=token, started=time.time()
+        )
+        with self._write() as db:
+            self._reclaim(db)
+            db.execute(
+                "INSERT OR REPLACE INTO proxies (scheme, ip, port, pid, start_token, started)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                dataclasses.astuple(record),
+            )
+        return record
+
+    def remove_proxies(self) -> int:
+        """Withdraw this process's announcements; how many there were."""
+        with self._write() as db:
+            return db.execute("DELETE FROM proxies WHERE pid = ?", (os.getpid(),)).rowcount
+
+    def proxies(self) -> list[ProxyRecord]:
+        """Running proxies that follow the routes, oldest first (read only)."""
+        with self._read() as db:
+            rows = db.execute("SELECT * FROM proxies ORDER BY started").fetchall()
+        return [
+            proxy
+            for proxy in map(_proxy, rows)
+            if process_start_token(proxy.pid) == proxy.start_token
+        ]
+
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: changes whenever another connection commits,
+        so a poller re-reads only after a change (one cheap call, no file read)."""
+        import sqlite3
+
+        try:
+            version: int = self._db.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise _damage_error(self.path, exc) from exc
+        return version
+
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check``: ``"ok"`` or what is wrong."""
         import sqlite3
@@ -720,6 +905,44 @@ def _reservation(row: Sequence[Any]) -> Reservation:
         port=int(port),
         created=float(created),
         lease=lease,
+    )
+
+
+def _route(row: Sequence[Any]) -> RouteRecord:
+    host, name, scope, backend_host, backend_port, pid, token, created = row[:8]
+    return RouteRecord(
+        host=str(host),
+        name=str(name),
+        scope=str(scope),
+        backend_host=str(backend_host),
+        backend_port=int(backend_port),
+        pid=int(pid),
+        start_token=str(token),
+        created=float(created),
+    )
+
+
+def _proxy(row: Sequence[Any]) -> ProxyRecord:
+    scheme, ip, port, pid, token, started = row[:6]
+    return ProxyRecord(
+        scheme=str(scheme),
+        ip=str(ip),
+        port=int(port),
+        pid=int(pid),
+        start_token=str(token),
+        started=float(started),
+    )
+
+
+def _owner_alive(route: RouteRecord) -> bool:
+    return process_start_token(route.pid) == route.start_token
+
+
+def _route_taken(route: RouteRecord) -> str:
+    return (
+        f"{route.host} is routed to {route.backend_host}:{route.backend_port} by pid"
+        f" {route.pid} ({route.scope}), which is still running; stop it, or use another"
+        " name (or --no-route)"
     )
 
 

@@ -56,6 +56,11 @@ IPPROTO_UDP = 17
 NETLINK_SOCK_DIAG = 4
 
 SOCK_DIAG_BY_FAMILY = 20
+#: The older request (``struct inet_diag_req``): TCP only, but of both families in one
+#: dump (the kernel then filters on AF_UNSPEC), so the shared tables are walked once.
+TCPDIAG_GETSOCK = 18
+#: Message types whose replies carry one ``inet_diag_msg`` each.
+_RECORD_TYPES = (SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK)
 NLMSG_NOOP = 1
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
@@ -75,6 +80,7 @@ INET_DIAG_CGROUP_ID = 21
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _REQ_V2 = struct.Struct("=BBBxI4s16s16sI8s")
+_REQ_V1 = struct.Struct("=BBBB4s16s16sI8sII")
 _DIAG_MSG = struct.Struct("=BBBBHH16s16sI8sIIIII")  # ports: network order, swapped below
 _RTATTR = struct.Struct("=HH")
 _BC_OP = struct.Struct("=BBH")
@@ -158,13 +164,31 @@ def dump_request(
     body = _REQ_V2.pack(
         family, protocol, ext, states, bytes(4), bytes(16), bytes(16), 0, INET_DIAG_NOCOOKIE
     )
+    return _with_header(SOCK_DIAG_BY_FAMILY, body, port, seq)
+
+
+def _with_header(kind: int, body: bytes, port: int | None, seq: int) -> bytes:
     if port is not None:
         code = port_filter(port)
         body += _RTATTR.pack(_RTATTR.size + len(code), INET_DIAG_REQ_BYTECODE) + code
-    header = _NLMSGHDR.pack(
-        _NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
-    )
+    header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
     return header + body
+
+
+def tcp_dump_request(states: int, *, port: int | None = None, seq: int = 1, ext: int = 0) -> bytes:
+    """One ``TCPDIAG_GETSOCK`` dump request (``nlmsghdr`` + ``inet_diag_req`` [+ bytecode]):
+    TCP sockets of *both* families in the ``states`` bitmask, optionally only those on
+    local ``port``. The kernel walks its TCP tables (shared by IPv4 and IPv6) once, where
+    two :func:`dump_request` s walk them twice. Replies have the same layout, with the
+    request's message type. Raises ValueError for out-of-range values."""
+    if not 0 <= ext <= 0xFF:
+        raise ValueError("ext is one byte")
+    if not 0 <= states <= 0xFFFFFFFF or not 0 <= seq <= 0xFFFFFFFF:
+        raise ValueError("states and seq are 32-bit")
+    body = _REQ_V1.pack(
+        0, 0, 0, ext, bytes(4), bytes(16), bytes(16), 0, INET_DIAG_NOCOOKIE, states, 0
+    )
+    return _with_header(TCPDIAG_GETSOCK, body, port, seq)
 
 
 if TYPE_CHECKING:
@@ -308,7 +332,7 @@ def parse_dump(buffer: bytes) -> DumpChunk:
             raise ValueError("netlink message length out of bounds")
         body = offset + _NLMSGHDR.size
         end = offset + length
-        if kind == SOCK_DIAG_BY_FAMILY:
+        if kind in _RECORD_TYPES:
             records.append(_record(buffer, body, end))
         elif kind == NLMSG_DONE:
             code = _I32.unpack_from(buffer, body)[0] if end - body >= _I32.size else 0
@@ -376,7 +400,9 @@ class _Layout:
 
     __slots__ = ("cgroup", "check", "family", "shape", "stride", "v6only", "values")
 
-    def __init__(self, buffer: bytes, offset: int, length: int, family: int) -> None:
+    def __init__(
+        self, buffer: bytes, offset: int, length: int, message_type: int, family: int
+    ) -> None:
         attributes: list[tuple[int, int, int]] = []  # (header word, kind, size) in order
         position = offset + _NLMSGHDR.size + _DIAG_MSG.size
         end = offset + length
@@ -394,7 +420,7 @@ class _Layout:
         # 7 wqueue, 8 uid, 9 inode, then the attributes' values in order.
         index = 10
         self.v6only = self.cgroup = -1
-        shape: list[int] = [length, SOCK_DIAG_BY_FAMILY, family]
+        shape: list[int] = [length, message_type, family]
         start = offset + _NLMSGHDR.size + _DIAG_MSG.size
         for word, kind, size in attributes:
             room = min(_align(size), end - start) - size  # padding inside the message
@@ -421,6 +447,7 @@ class _Layout:
 
 
 _U32 = struct.Struct("=I")
+_U16 = struct.Struct("=H")
 _LAYOUTS: dict[tuple[int, ...], _Layout] = {}
 _ZERO4 = bytes(4)
 _ZERO16 = bytes(16)
@@ -428,8 +455,9 @@ _ZERO16 = bytes(16)
 
 def _layout(buffer: bytes, offset: int, length: int) -> _Layout:
     """The layout of the (already checked) message at ``offset``, cached by its shape:
-    length, family and every attribute header."""
-    key = [length, buffer[offset + _NLMSGHDR.size]]
+    length, type, family and every attribute header."""
+    kind = _U16.unpack_from(buffer, offset + 4)[0]
+    key = [length, kind, buffer[offset + _NLMSGHDR.size]]
     position = offset + _NLMSGHDR.size + _DIAG_MSG.size
     end = offset + length
     while position < end:
@@ -441,7 +469,9 @@ def _layout(buffer: bytes, offset: int, length: int) -> _Layout:
     if layout is None:
         if len(_LAYOUTS) >= 64:
             _LAYOUTS.clear()
-        layout = _LAYOUTS[shape] = _Layout(buffer, offset, length, buffer[offset + _NLMSGHDR.size])
+        layout = _LAYOUTS[shape] = _Layout(
+            buffer, offset, length, kind, buffer[offset + _NLMSGHDR.size]
+        )
     return layout
 
 
@@ -476,7 +506,7 @@ def dump_entries(
             raise ValueError("netlink message length out of bounds")
         body = offset + _NLMSGHDR.size
         end = offset + length
-        if kind == SOCK_DIAG_BY_FAMILY:
+        if kind in _RECORD_TYPES:
             record = _record(buffer, body, end)  # the careful way, for the run's first
             layout = _layout(buffer, offset, length)
             count = (total - offset) // layout.stride

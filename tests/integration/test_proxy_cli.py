@@ -37,7 +37,7 @@ def options(*argv: str) -> argparse.Namespace:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        ((), "nothing to proxy to"),
+        (("--no-registry",), "nothing to proxy to"),
         (("--to", "127.0.0.1"), "no port given"),
         (("--route", "app.localhost"), "HOST[/PATH]=BACKEND"),
         (("--to", "127.0.0.1:1", "--health-path", "health"), "starts with /"),

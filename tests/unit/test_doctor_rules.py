@@ -562,3 +562,117 @@ def test_the_machine_check_is_ok_on_a_healthy_machine_and_flags_a_down_loopback(
 )
 def test_covers_follows_the_kernel_matching_rules(bound, v6only, ip, reached):
     assert covers(sock(bound, v6only=v6only), ip) is reached
+
+
+# --- forwarders, orphans, ``:PORT`` and what a healthy target says --------------------------
+
+QEMU = owner("qemu-system-x86", kind="qemu-hostfwd", target="guest:22")
+SSH = owner("ssh", kind="ssh-local-forward", target="127.0.0.1:5432")
+SILENT = attempt(outcome=Outcome.CONNECTED, after=AfterConnect.SILENT)
+
+
+def test_a_silent_forwarder_asked_a_client_first_protocol_names_its_dead_far_end():
+    result = diagnose(
+        facts(target=f"http://127.0.0.1:{PORT}/", sockets=[sock(owners=[QEMU])], attempts=[SILENT])
+    )
+    assert result.verdict.code == "FM-32"
+    assert "guest:22" in result.verdict.title
+    assert "far end" in result.verdict.title
+
+
+def test_an_ssh_tunnel_that_closes_says_it_is_one_and_where_its_far_end_is():
+    closed = attempt(outcome=Outcome.CONNECTED, after=AfterConnect.CLOSED)
+    result = diagnose(facts(sockets=[sock(owners=[SSH])], attempts=[closed]))
+    assert result.verdict.code == "FM-33"
+    assert "ssh-local-forward thing" in result.verdict.title
+    assert "127.0.0.1:5432" in result.verdict.title
+    assert any("SSH server" in line for line in result.verdict.evidence)
+
+
+def test_a_silent_forwarder_on_a_bare_target_is_ok_with_a_hint():
+    result = diagnose(facts(sockets=[sock(owners=[QEMU])], attempts=[SILENT]))
+    assert result.verdict.code == "OK"
+    assert any("guest:22" in line for line in result.verdict.evidence)
+
+
+def test_a_listener_held_only_by_a_non_server_is_fm20_even_for_a_bare_target():
+    result = diagnose(facts(sockets=[sock(owners=[owner("sleep", pid=55)])], attempts=[SILENT]))
+    assert result.verdict.code == "FM-20"
+    assert "kill 55" in result.verdict.fix
+
+
+def test_a_bare_port_answering_on_one_family_is_ok_with_the_other_as_a_note():
+    result = diagnose(
+        facts(
+            target=f":{PORT}",
+            sockets=[sock(owners=[owner()])],
+            attempts=[SILENT, attempt("::1")],
+        )
+    )
+    assert result.verdict.code == "OK"
+    assert "127.0.0.1" in result.verdict.evidence[0]
+    noted = [f for f in result.findings if f.code == "FM-03"]
+    assert noted
+    assert noted[0].severity is Severity.LOW
+
+
+def test_a_healthy_target_names_the_protocol_it_identified():
+    redis = attempt(
+        outcome=Outcome.CONNECTED, after=AfterConnect.ANSWERED, protocol="redis", detail="+PONG"
+    )
+    result = diagnose(facts(sockets=[sock(owners=[owner("redis-server")])], attempts=[redis]))
+    assert result.verdict.code == "OK"
+    assert "Redis (+PONG)" in result.verdict.title
+
+
+def test_localhost_mapped_outside_loopback_is_fm07_with_the_failed_connect_as_evidence():
+    outside = dataclasses.replace(LOCALHOST, glibc=("10.9.9.9",))
+    result = diagnose(
+        facts(
+            target=f"localhost:{PORT}",
+            resolution=outside,
+            attempts=[
+                attempt("10.9.9.9", outcome=Outcome.NET_UNREACHABLE, errno_name="ENETUNREACH")
+            ],
+        )
+    )
+    assert result.verdict.code == "FM-07"
+    assert "non-loopback" in result.verdict.title
+    assert any("no route to 10.9.9.9" in line for line in result.verdict.evidence)
+
+
+def test_an_unresolved_dot_localhost_name_gets_its_own_hosts_line_and_the_next_problem():
+    broken = dataclasses.replace(
+        LOCALHOST, name="app.localhost", glibc=(), glibc_error="Name or service not known (EAI -2)"
+    )
+    result = diagnose(
+        facts(
+            target=f"http://app.localhost:{PORT}/health",
+            resolution=broken,
+            attempts=[attempt("::1"), attempt("127.0.0.1")],
+        )
+    )
+    assert result.verdict.code == "FM-07"
+    assert any("127.0.0.1 app.localhost" in fix for fix in result.verdict.fix)
+    assert [f.code for f in result.findings].count("FM-01") == 1, "one cause, said once"
+
+
+_OK = {"outcome": Outcome.CONNECTED, "after": AfterConnect.SILENT}
+
+
+def test_on_wsl_a_listener_the_localhost_relay_does_not_forward_is_fm31():
+    v6_only = dataclasses.replace(
+        facts(
+            target=f"[::1]:{PORT}",
+            sockets=[sock("::1", owners=[owner()])],
+            attempts=[attempt("::1", **_OK)],
+        ),
+        is_wsl=True,
+    )
+    assert "FM-31" in [f.code for f in diagnose(v6_only).findings]
+    v4 = dataclasses.replace(
+        facts(sockets=[sock(owners=[owner()])], attempts=[attempt(**_OK)]), is_wsl=True
+    )
+    assert "FM-31" not in [f.code for f in diagnose(v4).findings]
+    not_wsl = facts(sockets=[sock("::1", owners=[owner()])], attempts=[attempt("::1", **_OK)])
+    assert "FM-31" not in [f.code for f in diagnose(not_wsl).findings]

@@ -10,10 +10,58 @@ from portside.models import SocketEntry, Transport
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Sequence
+    from typing import TypeVar
+
+    _R = TypeVar("_R")
+
+
+def _replace(record: _R, **changes: object) -> _R:
+    import dataclasses
+
+    return dataclasses.replace(record, **changes)  # type: ignore[type-var]
+
+
+def _forwarded(entries: Sequence[SocketEntry]) -> bool:
+    """Whether a container's port forwarder holds one of the sockets (no I/O; the
+    containers module is imported only when an owner may be one)."""
+    seen: set[int] = set()  # sockets of the same processes share one tuple of owners
+    for entry in entries:
+        owners = entry.owners
+        if not owners or id(owners) in seen:
+            continue
+        seen.add(id(owners))
+        for owner in owners:
+            identity = owner.identity
+            if identity is not None and (
+                identity.kind == "docker-proxy" or identity.kind.startswith("podman-")
+            ):
+                from portside.containers import needs_engine
+
+                return needs_engine(entries)
+    return False
+
+
+def _with_containers(*groups: Sequence[SocketEntry]) -> list[tuple[SocketEntry, ...]]:
+    """Each group with the container behind each forwarder's socket (one Engine API
+    listing for all; call it only when :func:`_forwarded`)."""
+    from portside.containers import ANNOTATE_TIMEOUT, annotate, published_ports
+
+    ports = published_ports(timeout=ANNOTATE_TIMEOUT)
+    return [tuple(annotate(group, ports=ports)) for group in groups]
 
 
 def run_overview(options: argparse.Namespace) -> int:
     result = overview(namespaces=options.namespaces, backend_name=options.backend)
+    if (
+        _forwarded(result.specific)
+        or _forwarded(result.all_interfaces)
+        or _forwarded(result.loopback)
+    ):
+        loopback, specific, everywhere = _with_containers(
+            result.loopback, result.specific, result.all_interfaces
+        )
+        result = _replace(result, loopback=loopback, specific=specific, all_interfaces=everywhere)
     if options.json:
         render.print_json("overview", result)
         return ExitCode.OK
@@ -48,6 +96,9 @@ def run_ls(options: argparse.Namespace) -> int:
         connections=options.all,
     )
     entries = list_sockets(selection, namespaces=options.namespaces, backend_name=options.backend)
+    if _forwarded(entries):
+        [annotated] = _with_containers(entries)
+        entries = list(annotated)
     if options.json:
         render.print_json("sockets", {"sockets": entries})
         return ExitCode.OK
@@ -88,6 +139,21 @@ def _socket_block(entry: SocketEntry) -> list[str]:
         )
         if what:
             lines.append(f"    is:  {what}")
+        container = owner.container
+        if container is not None:
+            port = (
+                ""
+                if container.container_port is None
+                else f", container port {container.container_port}"
+            )
+            project = (
+                f", compose project {container.compose_project}"
+                if container.compose_project
+                else ""
+            )
+            lines.append(
+                f"    container: {container.name} ({container.id[:12]}), image {container.image}{project}{port}"
+            )
         if process.cmdline:
             import shlex
 
@@ -102,6 +168,9 @@ def _socket_block(entry: SocketEntry) -> list[str]:
 
 def run_who(options: argparse.Namespace) -> int:
     result = who(options.target, namespaces=options.namespaces, backend_name=options.backend)
+    if _forwarded(result.sockets):
+        [sockets] = _with_containers(result.sockets)
+        result = _replace(result, sockets=sockets)
     if options.json:
         render.print_json("who", result)
     elif not result.sockets:

@@ -198,7 +198,7 @@ def _add_probe_and_wait(commands: Any, common: _ErrorParser) -> None:
 
 def _add_network_commands(commands: Any, common: _ErrorParser) -> None:
     """scan, serve, proxy and forward: each module declares its own options."""
-    from portside.cli import _audit, _forward, _proxy, _scan, _serve
+    from portside.cli import _audit, _exporter, _forward, _proxy, _scan, _serve
 
     declared = (
         ("scan", _scan, "which ports answer on an address, a range or a subnet"),
@@ -206,6 +206,7 @@ def _add_network_commands(commands: Any, common: _ErrorParser) -> None:
         ("proxy", _proxy, "a reverse proxy with named routes (app.localhost)"),
         ("forward", _forward, "forward a port to another, with optional faults"),
         ("audit", _audit, "which listeners the network can reach, and the fix"),
+        ("exporter", _exporter, "Prometheus metrics of listeners and findings"),
     )
     for name, module, summary in declared:
         command = commands.add_parser(

@@ -15,7 +15,8 @@ DESCRIPTION = (
     " checks and passive ejection, keep-alive pools, streaming bodies, WebSocket, access log"
     " and a dashboard at http://portside.localhost:PORT/. Simplest form:"
     " `portside proxy --to 127.0.0.1:3000`. Routes from --route and --config (TOML, reloaded"
-    " on SIGHUP; format in docs/proxy.md)."
+    " on SIGHUP; format in docs/proxy.md), and, live, the NAME.localhost routes of"
+    " `portside run` (docs/run.md)."
 )
 
 
@@ -116,6 +117,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="answer clients that are not on loopback (only matters with a non-loopback --listen)",
     )
+    parser.add_argument(
+        "--https",
+        action="store_true",
+        help="also serve https://NAME.localhost:PORT/ with certificates from the local CA"
+        " (`portside ca` shows it and how to trust it); on a free port unless --tls-listen",
+    )
+    parser.add_argument(
+        "--tls-listen",
+        metavar="ADDR",
+        default=None,
+        help="address of the HTTPS listener (implies --https; default 127.0.0.1 on a free port)",
+    )
+    parser.add_argument(
+        "--no-registry",
+        dest="registry",
+        action="store_false",
+        help="do not serve the NAME.localhost routes that `portside run` publishes (read live by default)",
+    )
 
 
 def run_proxy(options: argparse.Namespace) -> int:
@@ -167,9 +186,10 @@ def run_proxy(options: argparse.Namespace) -> int:
             )
         )
     routes.extend(parse_route_spec(spec, **settings) for spec in options.route)
-    if not routes and options.config is None:
+    if not routes and options.config is None and not options.registry:
         raise UsageError(
             "nothing to proxy to: give --to BACKEND, --route HOST=BACKEND or --config FILE"
+            " (or drop --no-registry to serve `portside run` routes)"
         )
     if options.connect_timeout <= 0 or options.timeout <= 0:
         raise UsageError("--connect-timeout and --timeout must be positive")
@@ -182,8 +202,27 @@ def run_proxy(options: argparse.Namespace) -> int:
         connect_timeout_s=options.connect_timeout,
         response_timeout_s=options.timeout,
         allow_remote_clients=options.allow_remote_clients,
+        registry_routes=options.registry,
     )
     listen = proxy_module.parse_listen(options.listen)
+    ca_path: str | None = None
+    if options.https or options.tls_listen is not None:
+        import dataclasses
+
+        from portside.ca import CertificateAuthority
+
+        try:
+            tls_listen = proxy_module.parse_listen(options.tls_listen)
+        except UsageError as exc:
+            message = str(exc).replace("--listen", "--tls-listen", 1)
+            raise UsageError(
+                message if "--tls-listen" in message else f"--tls-listen: {message}"
+            ) from None
+        authority = CertificateAuthority.load_or_create()
+        ca_path = str(authority.cert_path)
+        proxy_options = dataclasses.replace(
+            proxy_options, tls_listen=tls_listen, tls_context=authority.server_context()
+        )
 
     def started(proxy: proxy_module.Proxy) -> None:
         address = proxy.url
@@ -196,6 +235,8 @@ def run_proxy(options: argparse.Namespace) -> int:
                         "listen": proxy.listen_text,
                         "url": address,
                         "dashboard": proxy.dashboard_url,
+                        "https_url": proxy.https_url,
+                        "ca": ca_path,
                     }
                 )
                 + "\n"
@@ -204,6 +245,11 @@ def run_proxy(options: argparse.Namespace) -> int:
             sys.stdout.write(
                 f"portside proxy listening on {address} (dashboard: {proxy.dashboard_url})\n"
             )
+            if proxy.https_url is not None:
+                sys.stdout.write(
+                    f"  and on {proxy.https_url} with certificates of the local CA {ca_path}"
+                    " (trust it: portside ca)\n"
+                )
             for route in proxy.routes.snapshot.routes:
                 backends = ", ".join(str(b) for b in route.backends)
                 sys.stdout.write(f"  {route.name} -> {backends}\n")

@@ -16,7 +16,7 @@ from portside.models import json_document, write_json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from portside.models import Hint, Owner, SocketEntry
+    from portside.models import Container, Hint, Owner, SocketEntry
 
 Row = Sequence[str]
 
@@ -105,8 +105,22 @@ def identity_text(owner: Owner) -> str:
     return text
 
 
+def container_text(container: Container) -> str:
+    """``container web:80 (image nginx:1.25, compose shop)``."""
+    port = f":{container.container_port}" if container.container_port is not None else ""
+    about = [f"image {container.image}"]
+    if container.compose_project:
+        about.append(f"compose {container.compose_project}")
+    return f"container {container.name}{port} ({', '.join(about)})"
+
+
 def what_text(entry: SocketEntry) -> str:
-    return "; ".join(filter(None, (identity_text(o) for o in entry.owners[:1])))
+    """What the first owner is; for a container's port forwarder, the container."""
+    for owner in entry.owners[:1]:
+        if owner.container is not None and owner.identity is not None:
+            return f"{container_text(owner.container)} via {owner.identity.kind}"
+        return identity_text(owner)
+    return ""
 
 
 def user_text(entry: SocketEntry) -> str:

@@ -21,17 +21,43 @@ __all__ = ["doctor"]
 #: Per-connect budget: loopback answers in microseconds; a drop shows as silence.
 CONNECT_BUDGET_S = 1.5
 DEFAULT_TIMEOUT_S = 5.0
+FIREWALL_RESERVE_S = 0.25
+
+
+def _identified(entry: SocketEntry) -> SocketEntry:
+    """``entry`` with what each owner is (a forwarder, and to where); no ancestry, which
+    the rules never read."""
+    if not entry.owners or all(o.identity is not None for o in entry.owners):
+        return entry
+    from portside.identify import identify
+
+    owners = tuple(
+        o
+        if o.identity is not None
+        else dataclasses.replace(o, identity=identify(o.process, local_port=entry.local.port))
+        for o in entry.owners
+    )
+    return dataclasses.replace(entry, owners=owners)
 
 
 def _sockets(port: int, *, namespaces: bool, backend_name: str | None) -> tuple[SocketEntry, ...]:
-    from portside.inspect import with_identities
+    """Every socket on ``port`` here; and in the other network namespaces only when no TCP
+    socket listens here, the one case where the rules read them (FM-29). Entering every
+    namespace costs more than the rest of a healthy run."""
     from portside.sockets import port_sockets, select_backend
 
-    return tuple(
-        with_identities(
-            port_sockets(port, namespaces=namespaces, backend=select_backend(backend_name))
-        )
-    )
+    backend = select_backend(backend_name)
+    # A first look without owners (a netlink dump filtered by the kernel: about a
+    # millisecond); the /proc walk for owners runs once, over the final set.
+    here = port_sockets(port, owners=False, namespaces=False, backend=backend)
+    listening = any(e.transport is Transport.TCP and e.state is SocketState.LISTEN for e in here)
+    if namespaces and not listening:
+        found = port_sockets(port, namespaces=True, backend=backend)
+    elif here:
+        found = port_sockets(port, namespaces=False, backend=backend)
+    else:
+        found = []
+    return tuple(_identified(entry) for entry in found)
 
 
 def _needs_firewall(
@@ -78,9 +104,9 @@ def doctor(
         )
     resolution = None
     if target is None:
-        resolution = gather.resolve("localhost", None)
+        resolution = gather.resolve("localhost", None, timeout)
     elif target.host_kind is HostKind.NAME and target.host:
-        resolution = gather.resolve(target.host, target.port)
+        resolution = gather.resolve(target.host, target.port, timeout / 2)
     loopback = gather.loopback(with_route=target is None)
     sockets: tuple[SocketEntry, ...] = ()
     attempts: list[Attempt] = []
@@ -89,9 +115,9 @@ def doctor(
         addresses = gather.addresses_to_try(target, resolution)
         for ip in addresses:
             remaining = deadline - time.monotonic()
-            budget = max(
-                0.05, min(CONNECT_BUDGET_S, remaining / max(1, len(addresses) - len(attempts)))
-            )
+            # Keep some of the deadline for reading the firewall, which a silence calls for.
+            left = max(1, len(addresses) - len(attempts))
+            budget = max(0.05, min(CONNECT_BUDGET_S, (remaining - FIREWALL_RESERVE_S) / left))
             owners = [
                 o.process.name
                 for s in sockets
@@ -118,7 +144,7 @@ def doctor(
         and target.port is not None
         and _needs_firewall(tuple(attempts), sockets, loopback.bindv6only)
     ):
-        firewall = gather.firewall(target.port)
+        firewall = gather.firewall(target.port, max(0.1, deadline - time.monotonic()))
     facts = Facts(
         target=target,
         resolution=resolution,

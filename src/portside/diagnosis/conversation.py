@@ -9,7 +9,6 @@ banner. Every read is bounded by the timeout.
 from __future__ import annotations
 
 import socket
-import ssl
 import time
 
 from portside.addresses import HostKind, Target
@@ -101,6 +100,8 @@ def _http(sock: socket.socket, target: Target, deadline: float) -> Answer:
 
 
 def _tls(sock: socket.socket, target: Target, deadline: float) -> Answer:
+    import ssl  # only TLS targets pay for it (tens of ms at start-up)
+
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -120,9 +121,9 @@ def _tls(sock: socket.socket, target: Target, deadline: float) -> Answer:
                     sock.sendall(pending)
                 except OSError:
                     return AfterConnect.CLOSED, None, None, None
-            data, closed = (
-                _read_some(sock, deadline, until=None) if first else _read_chunk(sock, deadline)
-            )
+            # One chunk at a time: the server waits for our next flight, so reading on
+            # until the deadline would stall every handshake for the whole budget.
+            data, closed = _read_chunk(sock, deadline)
             if not data:
                 return (AfterConnect.CLOSED if closed else AfterConnect.SILENT), None, None, None
             if first and data[0] not in (0x15, 0x16):

@@ -10,7 +10,6 @@ import errno
 import os
 import socket
 import struct
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -62,17 +61,39 @@ def is_wsl() -> bool:
     return "microsoft" in release or "wsl" in release or "WSL_DISTRO_NAME" in os.environ
 
 
-def resolve(name: str, port: int | None) -> Resolution:
+def _getaddrinfo(name: str, port: int | None, timeout: float) -> tuple[list[str], str | None]:
+    """glibc's answer for ``name`` in its order, or the error; a resolver that hangs (a
+    DNS server that does not answer) is given up on after ``timeout`` seconds."""
+    import threading
+
+    answer: list[tuple[list[str], str | None]] = []
+
+    def ask() -> None:
+        order: list[str] = []
+        try:
+            for info in socket.getaddrinfo(
+                name, port or None, socket.AF_UNSPEC, socket.SOCK_STREAM
+            ):
+                ip = str(info[4][0])
+                if ip not in order:
+                    order.append(ip)
+        except socket.gaierror as exc:
+            answer.append(([], f"{exc.strerror} (EAI {exc.errno})"))
+            return
+        answer.append((order, None))
+
+    # Even *.localhost goes to DNS when neither /etc/hosts nor nss-myhostname knows it.
+    worker = threading.Thread(target=ask, name="portside-resolve", daemon=True)
+    worker.start()
+    worker.join(max(timeout, 0.05))
+    if not answer:
+        return [], f"no answer from the resolver within {timeout:.1f} s (EAI_AGAIN-like: DNS?)"
+    return answer[0]
+
+
+def resolve(name: str, port: int | None, timeout: float = 5.0) -> Resolution:
     """How glibc orders ``name``'s addresses, and what the resolver files say about it."""
-    order: list[str] = []
-    error: str | None = None
-    try:
-        for info in socket.getaddrinfo(name, port or None, socket.AF_UNSPEC, socket.SOCK_STREAM):
-            ip = str(info[4][0])
-            if ip not in order:
-                order.append(ip)
-    except socket.gaierror as exc:
-        error = f"{exc.strerror} (EAI {exc.errno})"
+    order, error = _getaddrinfo(name, port, timeout)
     builtin: tuple[str, ...] = ()
     if name == "localhost" or name.endswith(".localhost"):
         builtin = ("::1", "127.0.0.1")
@@ -113,6 +134,8 @@ def _ioctl_ipv4(name: str) -> str | None:
 
 
 def local_route() -> bool | None:
+    import subprocess  # only the machine check and an unreachable loopback need it
+
     try:
         done = subprocess.run(
             ["ip", "-4", "route", "show", "table", "local", "type", "local", "dev", "lo"],
@@ -266,22 +289,28 @@ def attempt(target: Target, ip: str, timeout: float, *, owner_names: Sequence[st
     )
 
 
-def _run(argv: Sequence[str]) -> str | None:
+def _run(argv: Sequence[str], timeout: float) -> str | None:
+    import subprocess  # only a silence or a matching listener that refuses needs it
+
     try:
-        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=5, check=False)
+        done = subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=max(timeout, 0.05), check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout if done.returncode == 0 else None
 
 
-def firewall(port: int) -> FirewallFacts:
-    """Rules of nftables and iptables (both backends) that may apply to TCP ``port``."""
+def firewall(port: int, timeout: float = 5.0) -> FirewallFacts:
+    """Rules of nftables and iptables (both backends) that may apply to TCP ``port``;
+    every tool run ends within ``timeout`` seconds in all."""
     from portside.firewall import Chain, parse_iptables_save, parse_nft_json, rules_for_port
 
     chains: list[Chain] = []
     errors: list[str] = []
     looked = False
-    nft = _run(["nft", "-j", "list", "ruleset"])
+    deadline = time.monotonic() + timeout
+    nft = _run(["nft", "-j", "list", "ruleset"], timeout)
     if nft is not None:
         looked = True
         try:
@@ -289,7 +318,7 @@ def firewall(port: int) -> FirewallFacts:
         except ValueError as exc:
             errors.append(str(exc))
     for tool, family in (("iptables-legacy-save", "ip"), ("ip6tables-legacy-save", "ip6")):
-        text = _run([tool])
+        text = _run([tool], deadline - time.monotonic())
         if text:
             looked = True
             chains.extend(

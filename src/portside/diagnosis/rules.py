@@ -7,6 +7,7 @@ secondary findings follow (proxy variables, exposure, port-range risks, …).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -16,6 +17,7 @@ from portside.models import (
     Diagnosis,
     Exposure,
     Finding,
+    Identity,
     Owner,
     ProcessState,
     Severity,
@@ -350,23 +352,22 @@ def _connected(facts: Facts, attempt: Attempt, port: int) -> Finding | None:
         if stopped is not None:
             return _stopped_finding(stopped, listener, target)
     expected = _EXPECTED_PROTOCOL.get(scheme or "")
+    forwarded = next(
+        (
+            (o, o.identity)
+            for o in owners
+            if o.identity is not None and o.identity.kind in _FORWARDER_CODES
+        ),
+        None,
+    )
+    silent = attempt.after is AfterConnect.SILENT and scheme in _CLIENT_FIRST
+    if (
+        attempt.protocol is None
+        and forwarded is not None
+        and (attempt.after is AfterConnect.CLOSED or silent)
+    ):
+        return _forwarder_finding(*forwarded, attempt, target)
     if attempt.after is AfterConnect.CLOSED and attempt.protocol is None:
-        forwarder = next(
-            (o for o in owners if o.identity and o.identity.kind in _FORWARDER_CODES), None
-        )
-        if forwarder is not None and forwarder.identity is not None:
-            identity = forwarder.identity
-            behind = f" to {identity.target}" if identity.target else ""
-            return Finding(
-                code=_FORWARDER_CODES[identity.kind],
-                severity=Severity.HIGH,
-                title=f"{identity.label} accepts on {target} but cannot reach its backend{behind}",
-                evidence=(
-                    f"connect to {target} succeeded, then the connection closed with no data",
-                    f"the listener belongs to {_owner_words([forwarder])}",
-                ),
-                fix=_forwarder_fix(identity.kind, identity.target),
-            )
         return Finding(
             code="FM-25",
             severity=Severity.HIGH,
@@ -383,7 +384,12 @@ def _connected(facts: Facts, attempt: Attempt, port: int) -> Finding | None:
         )
     if expected is not None and attempt.protocol is not None and attempt.protocol != expected:
         return _protocol_mismatch(scheme or "", expected, attempt, target)
-    if expected is not None and scheme in _CLIENT_FIRST and attempt.after is AfterConnect.SILENT:
+    if attempt.after is AfterConnect.SILENT:
+        # Whatever the scheme: a listener held only by a non-server never answers.
+        odd = [o for o in owners if o.process.name in _NOT_SERVERS]
+        if odd and len(odd) == len(owners):
+            return _orphan_finding(odd, target)
+    if expected is not None and silent:
         queued = next((e.recv_queue for e in matching if e.recv_queue), 0)
         odd = [o for o in owners if o.process.name in _NOT_SERVERS]
         if odd:
@@ -400,6 +406,35 @@ def _connected(facts: Facts, attempt: Attempt, port: int) -> Finding | None:
             fix=("the server is hung or busy: py-spy dump / gdb -p PID / jstack; restart it",),
         )
     return None
+
+
+def _forwarder_finding(
+    forwarder: Owner, identity: Identity, attempt: Attempt, target: str
+) -> Finding:
+    """A forwarder (ssh -L, docker-proxy, QEMU hostfwd, …) accepted, but its far end is dead."""
+    kind = identity.kind or ""
+    far_end = identity.target or "its backend"
+    seen = (
+        "then the connection closed with no data"
+        if attempt.after is AfterConnect.CLOSED
+        else "then no byte came back to our request"
+    )
+    where = {
+        "ssh-local-forward": f"{far_end} is resolved and connected to by the SSH server, not here",
+        "qemu-hostfwd": f"{far_end} is inside the guest: a stopped guest or a guest service bound to its own loopback does not answer",
+        "docker-proxy": f"{far_end} is inside the container",
+    }.get(kind)
+    return Finding(
+        code=_FORWARDER_CODES.get(kind, "FM-25"),
+        severity=Severity.HIGH,
+        title=f"{target} is forwarded by {identity.label}, and its far end {far_end} is dead",
+        evidence=(
+            f"connect to {target} succeeded in {attempt.elapsed_ms:.1f} ms, {seen}",
+            f"the listener belongs to {_owner_words([forwarder])}",
+            *((where,) if where else ()),
+        ),
+        fix=_forwarder_fix(kind, identity.target),
+    )
 
 
 def _orphan_finding(odd: Sequence[Owner], target: str) -> Finding:
@@ -526,6 +561,17 @@ def explain_attempt(facts: Facts, attempt: Attempt, port: int) -> Finding | None
     if attempt.outcome is Outcome.NET_UNREACHABLE:
         if lo.lo_up is False:
             return _loopback_down(attempt, port)
+        if not ipaddress.ip_address(attempt.ip.split("%")[0]).is_loopback:
+            return Finding(
+                code="FM-28",
+                severity=Severity.HIGH,
+                title=f"no route to {attempt.ip}",
+                evidence=(
+                    f"connect to {_endpoint(attempt.ip, port)}: ENETUNREACH",
+                    "this network namespace has no route to that address",
+                ),
+                fix=("ip route get " + attempt.ip, "check the address, or the network setup"),
+            )
         return Finding(
             code="FM-28",
             severity=Severity.CRITICAL,
@@ -682,6 +728,13 @@ def _port_findings(facts: Facts, port: int, nothing_listens: bool) -> list[Findi
     return found
 
 
+def _wsl_forwarded(entry: SocketEntry) -> bool:
+    """Whether WSL's NAT-mode relay forwards this listener to Windows (FM-31)."""
+    if _is_v6(entry.local.ip):
+        return False  # ::1, [::] and dual-stack sockets: microsoft/WSL#4851
+    return entry.local.ip.removeprefix("::ffff:") == "127.0.0.1" or entry.exposure is Exposure.ALL
+
+
 def _socket_findings(facts: Facts, port: int) -> list[Finding]:
     found: list[Finding] = []
     here = _tcp_listeners(facts)
@@ -712,6 +765,22 @@ def _socket_findings(facts: Facts, port: int) -> list[Finding]:
                 evidence=tuple(f"{_where(e)}: {_owner_words(e.owners)}" for e in here),
                 fix=(
                     "which one answers depends on the address family the client picks: stop the stale one",
+                ),
+            )
+        )
+    if facts.is_wsl and here and not any(_wsl_forwarded(e) for e in here):
+        found.append(
+            Finding(
+                code="FM-31",
+                severity=Severity.MEDIUM,
+                title=f"Windows cannot reach port {port} through WSL's localhost relay",
+                evidence=(
+                    *(f"listening: {_where(e)}" for e in here),
+                    "in WSL's NAT mode only IPv4 binds on 127.0.0.1 or 0.0.0.0 are forwarded to Windows",
+                ),
+                fix=(
+                    "bind 0.0.0.0 or 127.0.0.1 in WSL, and use 127.0.0.1 from Windows",
+                    "or networkingMode=mirrored in .wslconfig; `wsl --shutdown` if the relay is stuck",
                 ),
             )
         )
@@ -804,6 +873,12 @@ def _resolution_findings(facts: Facts, port: int | None) -> list[Finding]:
                 fix=(
                     (
                         "add to /etc/hosts: 127.0.0.1 localhost and ::1 localhost ip6-localhost ip6-loopback",
+                        "or use 127.0.0.1 directly",
+                    )
+                    if resolution.name == "localhost"
+                    else (
+                        f"add to /etc/hosts: 127.0.0.1 {resolution.name} and ::1 {resolution.name}",
+                        "or add `myhostname` to the hosts: line of /etc/nsswitch.conf (nss-myhostname resolves *.localhost)",
                         "or use 127.0.0.1 directly",
                     )
                     if loopbackish
@@ -970,8 +1045,69 @@ def _machine_findings(facts: Facts) -> list[Finding]:
 
 
 def _rank(findings: Iterable[Finding]) -> list[Finding]:
-    unique = list(dict.fromkeys(findings))
-    return sorted(unique, key=lambda f: _SEVERITY_ORDER.index(f.severity))
+    """Most severe first; a finding said once (the same code and title: e.g. the same
+    cause seen on both families keeps the first one's evidence)."""
+    unique: dict[tuple[str, str], Finding] = {}
+    for finding in findings:
+        unique.setdefault((finding.code, finding.title), finding)
+    return sorted(unique.values(), key=lambda f: _SEVERITY_ORDER.index(f.severity))
+
+
+_PROTOCOL_NAMES = {
+    "http": "HTTP",
+    "tls": "TLS",
+    "redis": "Redis",
+    "postgresql": "PostgreSQL",
+    "ssh": "SSH",
+    "h2c": "HTTP/2 cleartext",
+    "mysql": "MySQL/MariaDB",
+    "smtp-or-ftp": "SMTP or FTP",
+    "imap": "IMAP",
+    "pop3": "POP3",
+}
+
+
+def _forwarder_of(facts: Facts, ip: str) -> Identity | None:
+    """The identity of a forwarder holding the listener that ``ip`` reaches, if any."""
+    for entry in _tcp_listeners(facts):
+        if covers(entry, ip, bindv6only=facts.loopback.bindv6only):
+            for owner in entry.owners:
+                if owner.identity is not None and owner.identity.kind in _FORWARDER_CODES:
+                    return owner.identity
+    return None
+
+
+def _ok_verdict(facts: Facts, shown: str, good: Sequence[Attempt]) -> Finding:
+    """Reachable: name what answered (the protocol identified, and its own words)."""
+    first = good[0]
+    name = _PROTOCOL_NAMES.get(first.protocol or "", first.protocol)
+    if name and first.detail and name.lower() not in first.detail.lower():
+        spoken = f": {name} ({first.detail})"
+    elif first.detail or name:
+        spoken = f": {first.detail or name}"
+    else:
+        spoken = ""
+    families = ", ".join(f"{a.ip} ({a.elapsed_ms:.1f} ms)" for a in good)
+    evidence = [f"connected: {families}"]
+    if name:
+        evidence.append(f"identified {name}" + (f": {first.detail}" if first.detail else ""))
+    elif first.after is AfterConnect.SILENT:
+        evidence.append(
+            "no banner within the wait: a client-first protocol (the target names none)"
+        )
+        forwarder = _forwarder_of(facts, first.ip)
+        if forwarder is not None:
+            evidence.append(
+                f"the listener is {forwarder.label}"
+                + (f", forwarding to {forwarder.target}" if forwarder.target else "")
+                + ": name the protocol (e.g. http://) to check that its far end answers"
+            )
+    return Finding(
+        code="OK",
+        severity=Severity.INFO,
+        title=f"{shown} is reachable{spoken}",
+        evidence=tuple(evidence),
+    )
 
 
 def diagnose(facts: Facts) -> Diagnosis:
@@ -1020,7 +1156,7 @@ def diagnose(facts: Facts) -> Diagnosis:
                 ),
                 fix=verdict.fix,
             )
-        secondary.extend(resolution_problems[1:])
+        secondary.extend(failures.values())  # what a curl-like client would meet next
     elif not attempts:
         verdict = (
             resolution_problems[0]
@@ -1029,26 +1165,41 @@ def diagnose(facts: Facts) -> Diagnosis:
                 code="FM-07", severity=Severity.HIGH, title=f"{target.host} has no address to try"
             )
         )
-        secondary.extend(resolution_problems[1:])
     elif not failures:
-        good = attempts[0]
-        detail = f": {good.detail}" if good.detail else ""
-        families = ", ".join(f"{a.ip} ({a.elapsed_ms:.1f} ms)" for a in attempts)
-        verdict = Finding(
-            code="OK",
-            severity=Severity.INFO,
-            title=f"{target.display()} is reachable{detail}",
-            evidence=(f"connected: {families}",),
+        verdict = _ok_verdict(facts, target.display(), attempts)
+    elif len(failures) < len(attempts) and target.host_kind is HostKind.NONE:
+        # ``:PORT`` names no family: the port answers on this machine, on one of them.
+        verdict = _ok_verdict(
+            facts, target.display(), [a for a in attempts if id(a) not in failures]
         )
+        secondary.extend(dataclasses.replace(f, severity=Severity.LOW) for f in failures.values())
     elif len(failures) < len(attempts) and target.host_kind is HostKind.NAME:
         verdict = _family_trap(facts, attempts, failures, port)
+    elif resolution_problems and id(attempts[0]) in failures:
+        # localhost mapped outside loopback: the mapping is the cause, the failure its evidence.
+        first = resolution_problems[0]
+        verdict = dataclasses.replace(
+            first,
+            evidence=(
+                *first.evidence,
+                *(
+                    f"{_endpoint(a.ip, port)}: {failures[id(a)].title}"
+                    for a in attempts
+                    if id(a) in failures
+                ),
+            ),
+        )
+        secondary.extend(failures.values())
     else:
         first_failed = next(a for a in attempts if id(a) in failures)
         verdict = failures[id(first_failed)]
         secondary.extend(f for f in failures.values() if f.code != verdict.code)
+    secondary.extend(
+        p for p in resolution_problems if (p.code, p.title) != (verdict.code, verdict.title)
+    )
     secondary.extend(_port_findings(facts, port, nothing_listens))
     secondary.extend(_socket_findings(facts, port))
     if proxy:
         secondary.append(proxy)
-    findings = [f for f in _rank(secondary) if f != verdict]
+    findings = [f for f in _rank(secondary) if (f.code, f.title) != (verdict.code, verdict.title)]
     return Diagnosis(target=target.text, verdict=verdict, findings=tuple(findings))

@@ -20,7 +20,8 @@ one it applies to both.
 
 Theory of operation (one direction). A chunk that arrives at time *t* becomes *ready* at
 ``t + latency ± jitter``, never before the previous chunk (TCP keeps order). It then
-leaves as pieces: at most ``slice`` bytes each, and with a bandwidth the link is busy
+leaves as pieces: at most ``slice`` bytes each (at least ``SLICE_GAP_S`` apart, so
+that the receiver reads them one by one), and with a bandwidth the link is busy
 ``size / rate`` seconds per piece, so a piece leaves when the link is free again.
 ``reset_after`` and ``timeout_after`` (a size) cut the stream at an exact byte count;
 ``timeout_after`` (a duration) cuts it at a time since the connection began. After a
@@ -65,6 +66,9 @@ MAX_SIZE_BYTES = 1 << 50
 #: With a bandwidth limit a piece carries at most this much link time, so that a slow
 #: link drips steadily instead of releasing a large chunk in one burst.
 BANDWIDTH_QUANTUM_S = 0.01
+#: With a slice size, pieces leave at least this far apart, so that the receiver reads
+#: them apart (written back to back, they would meet again in its socket buffer).
+SLICE_GAP_S = 0.001
 
 _NUMBER = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zµ/]*)\s*$", re.IGNORECASE)
 
@@ -459,6 +463,7 @@ class Schedule:
         self._rng = rng or random.Random()  # noqa: S311 -- jitter, not cryptography
         self._last_at = start
         self._link_free_at = start
+        self._last_piece_at = -math.inf
 
     def arrive(self, now: float) -> float:
         """A chunk came in at *now*: when it is ready to go (latency, jitter, order)."""
@@ -502,6 +507,8 @@ class Schedule:
             if limit is not None:
                 size = min(size, limit - self.planned_bytes)
         at = max(ready, self._last_at)
+        if link.slice_bytes is not None:
+            at = max(at, self._last_piece_at + SLICE_GAP_S)
         rate = link.bandwidth_bytes_per_s
         if rate is not None:
             size = min(size, max(1, int(rate * BANDWIDTH_QUANTUM_S)))
@@ -509,7 +516,7 @@ class Schedule:
             self._link_free_at = at
         if link.timeout_after_s is not None and at >= self.start + link.timeout_after_s:
             return self._end(Step(self.start + link.timeout_after_s, Action.SILENCE))
-        self._last_at = at
+        self._last_at = self._last_piece_at = at
         self.planned_bytes += size
         return Step(at, Action.DATA, size)
 

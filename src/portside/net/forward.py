@@ -94,6 +94,8 @@ PIPE_BYTES = 1 << 20
 PIPE_POOL_KEEP = 32
 #: Splice rounds per readable event, so that one busy connection cannot starve the rest.
 SPLICE_ROUNDS = 4
+#: A splice that moved less than this ends the round early (the socket was drained).
+SPLICE_SMALL_BYTES = 64 * 1024
 COPY_CHUNK_BYTES = 256 * 1024
 #: A transport's write buffer above this pauses the peer's reading (backpressure).
 WRITE_HIGH_BYTES = 512 * 1024
@@ -101,6 +103,9 @@ WRITE_HIGH_BYTES = 512 * 1024
 QUEUE_HIGH_BYTES = 1 << 20
 QUEUE_LOW_BYTES = 256 * 1024
 ACCEPT_BATCH = 64
+#: A ``reset_after`` fault waits up to ROUNDS x S for the bytes before it to be delivered.
+RESET_WAIT_S = 0.005
+RESET_WAIT_ROUNDS = 400
 ACCEPT_RETRY_S = 0.1
 #: Closed connections remembered for ``stats()``.
 HISTORY = 1000
@@ -113,6 +118,7 @@ DataPath = Literal["auto", "splice", "copy"]
 
 if sys.platform == "linux":
     import fcntl
+    import termios
 
     SPLICE_AVAILABLE = True
     _SPLICE_NONBLOCK: int = os.SPLICE_F_NONBLOCK
@@ -408,22 +414,30 @@ class _SpliceDirection:
     def _on_readable(self) -> None:
         conn = self.conn
         conn.last_active = self.loop.time()
+        pool = conn.forwarder._pipes
         try:
             for _ in range(SPLICE_ROUNDS):
                 if self.pipe is None:
-                    self.pipe = conn.forwarder._pipes.acquire()
+                    self.pipe = pool.acquire()
                     if self.pipe is None:
                         self._copy_once()
                         return
                 try:
                     count = _splice(self.src_fd, self.pipe[1], PIPE_BYTES)
                 except BlockingIOError:
+                    if not self.in_pipe:  # nothing after all: an idle connection holds no pipe
+                        pool.release(self.pipe)
+                        self.pipe = None
                     return
                 if count == 0:
                     self._end_of_stream()
                     return
                 self.in_pipe = count
                 if not self._flush():
+                    return
+                if count < SPLICE_SMALL_BYTES:
+                    # Most likely all there was (a request, a reply): asking again would
+                    # cost a syscall and an exception; if more came, the loop says so.
                     return
         except OSError as exc:
             conn.failed(exc)
@@ -550,7 +564,7 @@ class _Side(asyncio.Protocol):
     """One socket of a copy connection. Bytes it receives leave through ``out``; the
     relay that writes into it is ``into``."""
 
-    __slots__ = ("conn", "into", "lost", "made", "out", "transport")
+    __slots__ = ("conn", "early", "early_eof", "into", "lost", "made", "out", "transport")
 
     def __init__(self, conn: _CopyConnection) -> None:
         self.conn = conn
@@ -558,6 +572,10 @@ class _Side(asyncio.Protocol):
         self.out: _Relay | None = None
         self.into: _Relay | None = None
         self.made = self.lost = False
+        # uvloop may deliver bytes (or the end) read before pause_reading() took effect,
+        # while the other side does not exist yet: kept here until link().
+        self.early: list[bytes] = []
+        self.early_eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -567,14 +585,29 @@ class _Side(asyncio.Protocol):
             self.transport.pause_reading()  # until the other side exists
 
     def data_received(self, data: bytes) -> None:
+        if not self.conn.linked:
+            self.early.append(data)
+            return
         out = self.out
         if out is not None:
             out.feed(data)
 
     def eof_received(self) -> bool:
-        if self.out is not None:
+        if not self.conn.linked:
+            self.early_eof = True
+        elif self.out is not None:
             self.out.feed_eof()
         return True  # keep the socket open for the other direction (half-close)
+
+    def replay_early(self) -> None:
+        """Pass on what arrived before both sides existed."""
+        early, self.early = self.early, []
+        for data in early:
+            if self.out is not None:
+                self.out.feed(data)
+        if self.early_eof and self.out is not None:
+            self.early_eof = False
+            self.out.feed_eof()
 
     def pause_writing(self) -> None:
         if self.into is not None:
@@ -612,6 +645,8 @@ class _Relay:
         "silenced",
         "src",
         "timer",
+        "timer_at",
+        "waited",
     )
 
     def __init__(
@@ -629,6 +664,8 @@ class _Relay:
         self.queued = 0
         self.next_step: Step | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.waited = 0
 
     # -- input ---------------------------------------------------------------------------
 
@@ -733,7 +770,7 @@ class _Relay:
                 return
             self.next_step = None
             if step.action is Action.RESET:
-                self.conn.fault_reset()
+                self._reset_when_sent()
                 return
             if step.action is Action.SILENCE:
                 self._silence()
@@ -750,18 +787,30 @@ class _Relay:
             after = schedule.after_data()
             if after is not None:
                 if after.action is Action.RESET:
-                    self.conn.fault_reset()
+                    self._reset_when_sent()
                 else:
                     self._silence()
                 return
         if self.held & _HOLD_QUEUE and self.queued <= QUEUE_LOW_BYTES:
             self.hold(_HOLD_QUEUE, False)
 
+    def _reset_when_sent(self) -> None:
+        """Reset once the bytes written so far have reached the peer: a reset drops
+        whatever is still unsent, and ``reset_after`` promises exactly N bytes."""
+        self.silenced = True  # nothing more goes out in the meantime
+        self.timer = None
+        if _unsent(self.dst) and self.waited < RESET_WAIT_ROUNDS and self.conn.state == "open":
+            self.waited += 1
+            self.timer = self.loop.call_later(RESET_WAIT_S, self._reset_when_sent)
+            return
+        self.conn.fault_reset()
+
     def _arm(self, at: float) -> None:
         if self.timer is not None:
-            if self.timer.when() == at:
+            if self.timer_at == at:  # (uvloop's timer handles have no when())
                 return
             self.timer.cancel()
+        self.timer_at = at
         self.timer = self.loop.call_at(at, self._on_timer)
 
     def _on_timer(self) -> None:
@@ -782,6 +831,20 @@ class _Relay:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+
+def _unsent(side: _Side) -> int:
+    """Bytes written to *side* that its peer has not acknowledged yet."""
+    transport = side.transport
+    if transport is None or side.lost:
+        return 0
+    pending = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if SPLICE_AVAILABLE and sock is not None:  # Linux: the kernel's send queue too
+        with contextlib.suppress(OSError, ValueError):
+            raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+            pending += struct.unpack("i", raw)[0]
+    return pending
 
 
 class _CopyConnection(_Conn):
@@ -810,7 +873,11 @@ class _CopyConnection(_Conn):
             if relay.schedule is not None:
                 relay.schedule.start = now
         for side in (self.client_side, self.upstream_side):
-            if side.transport is not None and not side.lost:
+            side.replay_early()
+        if self.closing or self.state == "closed":
+            return
+        for side, relay in ((self.client_side, self.up), (self.upstream_side, self.down)):
+            if side.transport is not None and not side.lost and not relay.held:
                 side.transport.resume_reading()
 
     def bytes_up(self) -> int:
@@ -1153,7 +1220,9 @@ class Forwarder:
                     upstream = await self._dial()
             except (OSError, TimeoutError) as exc:
                 self.failed += 1
-                reason = exc.strerror or "timed out"
+                # asyncio's sock_connect words every failure "Connect call failed": use
+                # the errno's own text (Connection refused, No route to host, ...).
+                reason = os.strerror(exc.errno) if exc.errno else "timed out"
                 self.last_error = f"connect to {self.target_text}: {reason}"
                 conn.finish("upstream-failed")
                 return

@@ -110,13 +110,16 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
 from portside.errors import ProtocolError
 from portside.models import Endpoint
 from portside.net.hosts import parse_host_header
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = [
     "LAST_CHUNK",
@@ -142,6 +145,8 @@ __all__ = [
 log = logging.getLogger("portside.net.http")
 
 SERVER_NAME: Final = "portside"
+#: A TLS client that has not finished its handshake by then is dropped.
+TLS_HANDSHAKE_TIMEOUT_S: Final = 10.0
 _WRITE_HIGH_WATER: Final = 64 * 1024
 _WRITE_LOW_WATER: Final = 16 * 1024
 _SENDFILE_MAX_CALL: Final = 16 * 1024 * 1024
@@ -1385,7 +1390,14 @@ class HTTPServer:
         self._idle.clear()
         return _Connection(self)
 
-    async def _listen(self, listen: Endpoint, *, reuse_port: bool, backlog: int) -> None:
+    async def _listen(
+        self,
+        listen: Endpoint,
+        *,
+        reuse_port: bool,
+        backlog: int,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self._server = await self.loop.create_server(
             self._track,
             listen.ip,
@@ -1393,6 +1405,8 @@ class HTTPServer:
             backlog=backlog,
             reuse_address=True,
             reuse_port=reuse_port or None,
+            ssl=tls,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if tls is not None else None,
         )
         for sock in self._server.sockets:
             name = sock.getsockname()
@@ -1458,13 +1472,15 @@ async def open_http_server(
     allow_remote_clients: bool = False,
     reuse_port: bool = False,
     backlog: int = 1024,
+    tls: ssl.SSLContext | None = None,
 ) -> HTTPServer:
     """Bind *listen* and start answering with *handler*; returns once listening.
 
     ``listen.port == 0`` lets the kernel choose; read it back from ``server.address``.
     Non-loopback clients are refused (connection closed at once) unless
     *allow_remote_clients*. Binding a non-loopback address is the caller's explicit
-    choice; the CLI warns about it.
+    choice; the CLI warns about it. With *tls* (a server ``SSLContext``) the listener
+    speaks HTTPS: the handler sees the same requests after the handshake.
     """
     server = HTTPServer(
         handler,
@@ -1472,7 +1488,7 @@ async def open_http_server(
         allow_remote_clients=allow_remote_clients,
         loop=asyncio.get_running_loop(),
     )
-    await server._listen(listen, reuse_port=reuse_port, backlog=backlog)
+    await server._listen(listen, reuse_port=reuse_port, backlog=backlog, tls=tls)
     return server
 
 

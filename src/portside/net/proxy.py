@@ -39,13 +39,15 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import html
 import json
 import os
 import signal
+import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Literal, TextIO, cast
 
@@ -145,6 +147,14 @@ class ProxyOptions:
     response_timeout_s: float = RESPONSE_TIMEOUT_S
     allow_remote_clients: bool = False
     dashboard: bool = True
+    #: Follow the routes ``portside run`` publishes in the registry (``registry_path``,
+    #: default the user's), live: see :mod:`portside.net.registry_routes`.
+    registry_routes: bool = False
+    registry_path: str | Path | None = None
+    #: HTTPS: a second listener on ``tls_listen`` with ``tls_context`` (both or neither),
+    #: e.g. ``portside.ca.CertificateAuthority.load_or_create().server_context()``.
+    tls_listen: Endpoint | None = None
+    tls_context: ssl.SSLContext | None = None
     limits: Limits = dataclasses.field(
         default_factory=lambda: Limits(max_body_bytes=None, idle_timeout_s=60.0)
     )
@@ -507,6 +517,7 @@ class Proxy:
         self.checker = HealthChecker()
         self.backends = Backends(on_new=self.checker.watch)
         self.server: HTTPServer | None = None
+        self.tls_server: HTTPServer | None = None  # the HTTPS listener, when asked for
         self.started = time.monotonic()
         self.allowlist = HostAllowlist()
         self._allowed: dict[str, bool] = {}
@@ -543,6 +554,15 @@ class Proxy:
     @property
     def dashboard_url(self) -> str:
         return f"http://{dashboard.DASHBOARD_HOST}:{self.address.port}/"
+
+    @property
+    def https_url(self) -> str | None:
+        """``https://ADDR:PORT/`` of the HTTPS listener; None without one."""
+        if self.tls_server is None:
+            return None
+        address = self.tls_server.address
+        host = f"[{address.ip}]" if ":" in address.ip else address.ip
+        return f"https://{host}:{address.port}/"
 
     @property
     def exposed(self) -> bool:
@@ -585,8 +605,9 @@ class Proxy:
     async def aclose(self) -> None:
         """Stop accepting; in-flight exchanges may finish (the core's drain timeout)."""
         self._unsubscribe()
-        if self.server is not None:
-            await self.server.aclose()
+        await asyncio.gather(
+            *(server.aclose() for server in (self.server, self.tls_server) if server is not None)
+        )
         for tunnel in list(self._tunnels):
             tunnel.close()
         self.backends.close()
@@ -668,8 +689,11 @@ class Proxy:
 
     # -- the handler ----------------------------------------------------------------------
 
-    def handle(self, request: Request, response: Response) -> Awaitable[None] | None:
-        """The core's handler: answer simple cases at once, proxy in a task otherwise."""
+    def handle(
+        self, request: Request, response: Response, *, https: bool = False
+    ) -> Awaitable[None] | None:
+        """The core's handler: answer simple cases at once, proxy in a task otherwise
+        (*https*: the request came over the HTTPS listener)."""
         allowed = self._allowed.get(request.host)
         if allowed is None:
             allowed = self.allowlist.allows(request.host)
@@ -701,14 +725,8 @@ class Proxy:
                 raise ProtocolError(f"unsupported Transfer-Encoding {', '.join(codings)[:60]!r}")
         route = self.routes.snapshot.match(request.host, request.path)
         if route is None:
-            names = ", ".join(r.name for r in self.routes.snapshot.routes) or "none"
-            self._refuse(
-                request,
-                response,
-                404,
-                "No route",
-                f"No route matches Host {request.host!r} and path {request.path!r}. Routes: {names}.",
-            )
+            response.send(404, _PAGE_HEADERS, _no_route_page(self.routes.snapshot, request))
+            self._log_line(request, 404, 0, None, None, time.monotonic())
             return None
         if request.method == "CONNECT":
             self._refuse(
@@ -719,7 +737,7 @@ class Proxy:
                 "This is a reverse proxy, not a forward proxy.",
             )
             return None
-        return _Exchange(self, request, response, route).run()
+        return _Exchange(self, request, response, route, https).run()
 
     def _refuse(
         self, request: Request, response: Response, status: int, title: str, text: str
@@ -757,6 +775,37 @@ def _page(status: int, title: str, text: str) -> bytes:
     ).encode()
 
 
+def _no_route_page(snapshot: RouteSnapshot, request: Request) -> bytes:
+    """The 404 page: what was asked, and every known route as a link on this proxy."""
+    port = _host_port(request.host)
+    items = []
+    for route in snapshot.routes:
+        backends = ", ".join(str(b) for b in route.backends)
+        label = html.escape(route.name)
+        if route.host == "*" or route.host.startswith("*."):
+            items.append(f"<li>{label} &rarr; {html.escape(backends)}</li>")
+        else:  # scheme-relative: the same scheme and port as this request
+            href = html.escape(f"//{route.host}{port}{route.path}", quote=True)
+            items.append(f'<li><a href="{href}">{label}</a> &rarr; {html.escape(backends)}</li>')
+    listing = "<ul>\n" + "\n".join(items) + "\n</ul>" if items else "<p>No routes yet.</p>"
+    text = f"No route matches Host {request.host!r} and path {request.path!r}."
+    return (
+        '<!doctype html>\n<html><head><meta charset="utf-8"><title>404 No route</title></head>\n'
+        f"<body><h1>404 No route</h1>\n<p>{html.escape(text)}</p>\n"
+        f"<h2>Known routes ({len(items)})</h2>\n{listing}\n"
+        "<p><small>portside proxy; `portside run NAME -- CMD` adds NAME.localhost</small></p>"
+        "</body></html>\n"
+    ).encode()
+
+
+def _host_port(host: str) -> str:
+    """``:8080`` from a Host header value (empty without a port)."""
+    from portside.net.hosts import parse_host_header
+
+    parsed = parse_host_header(host)
+    return f":{parsed[1]}" if parsed and parsed[1] else ""
+
+
 def _host_only(host: str) -> str:
     from portside.net.hosts import parse_host_header
 
@@ -776,6 +825,7 @@ class _Exchange:
     __slots__ = (
         "backend",
         "body_sent",
+        "https",
         "out_bytes",
         "pool",
         "proxy",
@@ -787,8 +837,11 @@ class _Exchange:
         "upstream",
     )
 
-    def __init__(self, proxy: Proxy, request: Request, response: Response, route: Route) -> None:
+    def __init__(
+        self, proxy: Proxy, request: Request, response: Response, route: Route, https: bool = False
+    ) -> None:
         self.proxy = proxy
+        self.https = https
         self.request = request
         self.response = response
         self.route = route
@@ -945,13 +998,15 @@ class _Exchange:
             ]
         client = request.client[0]
         node = f'"[{client}]"' if ":" in client else client
-        element = f"for={node};proto=http"
+        element = f"for={node};proto=https" if self.https else f"for={node};proto=http"
         lines.append(
             f"x-forwarded-for: {forwarded_for}, {client}\r\n"
             if forwarded_for
             else f"x-forwarded-for: {client}\r\n"
         )
-        lines.append("x-forwarded-proto: http\r\n")
+        lines.append(
+            "x-forwarded-proto: https\r\n" if self.https else "x-forwarded-proto: http\r\n"
+        )
         if host:
             element += f';host="{host}"'
             lines.append(f"x-forwarded-host: {host}\r\n")
@@ -1149,6 +1204,8 @@ async def open_proxy(
     The caller owns the returned proxy and must ``aclose()`` it.
     """
     options = options or ProxyOptions()
+    if (options.tls_listen is None) != (options.tls_context is None):
+        raise UsageError("HTTPS needs both ProxyOptions.tls_listen and tls_context")
     table = routes if isinstance(routes, RouteTable) else RouteTable(routes)
     proxy = Proxy(table, options)
     proxy.reload()
@@ -1159,9 +1216,45 @@ async def open_proxy(
         allow_remote_clients=options.allow_remote_clients,
         backlog=4096,
     )
+    if options.tls_listen is not None:
+        try:
+            proxy.tls_server = await open_http_server(
+                functools.partial(proxy.handle, https=True),
+                options.tls_listen,
+                limits=options.limits,
+                allow_remote_clients=options.allow_remote_clients,
+                backlog=4096,
+                tls=options.tls_context,
+            )
+        except BaseException:
+            await proxy.aclose()
+            raise
     proxy.server.spawn(proxy.checker.run())
     proxy.server.spawn(proxy._housekeeping())
+    if options.registry_routes:
+        proxy.server.spawn(_follow_registry(proxy)())
     return proxy
+
+
+def _follow_registry(proxy: Proxy) -> Callable[[], Coroutine[object, object, None]]:
+    """The registry's routes, read once now (so the start line lists them); returns
+    the poller to run as a task."""
+    from portside.net.registry_routes import RegistryRoutes
+
+    path = proxy.options.registry_path
+
+    def listeners() -> list[tuple[str, str, int]]:
+        servers = (("http", proxy.server), ("https", proxy.tls_server))
+        return [(scheme, s.address.ip, s.address.port) for scheme, s in servers if s is not None]
+
+    following = RegistryRoutes(
+        proxy.routes,
+        path=Path(path) if path is not None else None,
+        errors=proxy.options.error_stream,
+        advertise=listeners,
+    )
+    following.poll()
+    return following.run
 
 
 async def serve_proxy(

@@ -6,9 +6,10 @@ A namespace is known by the inode of its ``nsfs`` file. The current one is
 (``/proc/PID/ns/net`` reads ``net:[INODE]``). Seeing other users' processes needs root;
 what is not visible is skipped quietly.
 
-Python 3.11 has no ``os.setns``, so :func:`run_in_namespace` calls libc's ``setns`` via
-ctypes in a short-lived thread: setns moves only the calling thread, sockets created
-there stay in that namespace, and the rest of the process never moves.
+Python 3.11 has no ``os.setns``, so :func:`run_in_namespace` calls libc's ``setns``
+(through ``_ctypes``, the C half of ctypes: the rest would cost milliseconds to import)
+in a short-lived thread (``_thread``, likewise): setns moves only the calling thread,
+sockets created there stay in that namespace, and the rest of the process never moves.
 """
 
 from __future__ import annotations
@@ -134,12 +135,33 @@ def _open_namespace(namespace: NetNamespace, pid: int | None) -> int:
     raise NamespaceGoneError(namespace.name)
 
 
-def _setns(fd: int) -> None:
-    import ctypes
+_SETNS: list[Callable[[int, int], int]] = []
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        error = ctypes.get_errno()
+
+def _libc_setns() -> Callable[[int, int], int]:
+    """libc's ``int setns(int fd, int nstype)``, as ``ctypes.CDLL(None, use_errno=True)``
+    gives it, made from ``_ctypes`` alone."""
+    if not _SETNS:
+        import _ctypes
+
+        class _Int(_ctypes._SimpleCData):  # type: ignore[type-arg]  # ctypes.c_int
+            _type_ = "i"
+
+        class _Function(_ctypes.CFuncPtr):  # ctypes.CFUNCTYPE(c_int, c_int, c_int, use_errno=True)
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = _Int
+            _argtypes_ = (_Int, _Int)
+
+        libc = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)  # type: ignore[arg-type]  # the program
+        _SETNS.append(_Function(_ctypes.dlsym(libc, "setns")))
+    return _SETNS[0]
+
+
+def _setns(fd: int) -> None:
+    import _ctypes
+
+    if _libc_setns()(fd, CLONE_NEWNET) != 0:
+        error = _ctypes.get_errno()
         if error == 1:  # EPERM: needs CAP_SYS_ADMIN
             raise AccessDeniedError("another network namespace")
         raise OSError(error, os.strerror(error))
@@ -152,11 +174,13 @@ def run_in_namespace(namespace: NetNamespace, pid: int | None, function: Callabl
     Raises AccessDeniedError without the right to enter, NamespaceGoneError when the
     namespace no longer exists.
     """
-    import threading
+    import _thread
 
     fd = _open_namespace(namespace, pid)
     box: dict[str, T] = {}
     failure: list[BaseException] = []
+    finished = _thread.allocate_lock()
+    finished.acquire()
 
     def worker() -> None:
         try:
@@ -164,11 +188,12 @@ def run_in_namespace(namespace: NetNamespace, pid: int | None, function: Callabl
             box["result"] = function()
         except BaseException as error:  # handed to the caller's thread below
             failure.append(error)
+        finally:
+            finished.release()
 
     try:
-        thread = threading.Thread(target=worker, name=f"portside-netns-{namespace.inode}")
-        thread.start()
-        thread.join()
+        _thread.start_new_thread(worker, ())
+        finished.acquire()  # the thread's end (it ends right after, in its namespace)
     finally:
         os.close(fd)
     if failure:

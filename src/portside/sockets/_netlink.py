@@ -1,8 +1,9 @@
 """The Linux fast path: the socket table through NETLINK_SOCK_DIAG, as ``ss`` reads it.
 
-One dump per (family, protocol) that the query needs, with the states as the kernel's
+One dump per protocol (TCP: both families in one request, as the kernel's tables are
+shared; UDP: one per family) that the query needs, with the states as the kernel's
 bitmask and the port filter as kernel bytecode, so a per-port question costs the kernel
-a hash walk and us a handful of records. All the format code is in
+one walk of each table and us a handful of records. All the format code is in
 :mod:`portside.sockdiag`; this class only moves the bytes.
 """
 
@@ -27,6 +28,7 @@ from portside.sockdiag import (
     dump_request,
     parse_dump,
     state_mask,
+    tcp_dump_request,
 )
 from portside.sockets._backend import SocketQuery
 
@@ -35,6 +37,8 @@ assert sys.platform == "linux"  # noqa: S101 -- mypy skips this module on other 
 _PROTOCOLS = {Transport.TCP: IPPROTO_TCP, Transport.UDP: IPPROTO_UDP}
 _RECV_BYTES = 65536
 _NO_IPV6 = (errno.ENOENT, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT)
+#: Not empty once the kernel refused a TCP request of both families (TCPDIAG_GETSOCK).
+_TCP_REQUEST_REFUSED: list[bool] = []
 
 
 def _open() -> _socket.socket:
@@ -122,6 +126,18 @@ def query_entries(query: SocketQuery, netns: NetNamespace | None = None) -> list
     try:
         seq = 0
         for transport, mask in plan:
+            if transport is Transport.TCP and not _TCP_REQUEST_REFUSED:
+                seq += 1
+                request = tcp_dump_request(mask, port=query.port, seq=seq)
+                try:
+                    entries.extend(_dump_entries(sock, request, transport, netns, interface_name))
+                    continue
+                except OSError:
+                    # Not answered by this kernel: one request per family from now on,
+                    # on a fresh socket (nothing of this dump can arrive there).
+                    _TCP_REQUEST_REFUSED.append(True)
+                    sock.close()
+                    sock = _open()
             protocol = _PROTOCOLS[transport]
             for family in (AF_INET, AF_INET6):
                 seq += 1

@@ -189,20 +189,18 @@ def _read_fds(
     matter. None when the fd table cannot be read (gone, or another user's process).
     """
     readlink = os.readlink
+    get = links.get
     found: set[int] = set()
     wanted = set(relevant) if relevant is not None else None
     remaining = len(wanted) if wanted is not None else len(links)
     names: Iterable[str]
     number = -1
     if count is not None:
-        numbers = _fd_names(count)
-        seen = 0
+        name = "-1"
         try:
-            while seen < count:
-                number += 1
-                link = readlink(numbers[number], dir_fd=directory)
-                seen += 1
-                inode = links.get(link)
+            # The per-fd loop of every scan: kept to a call, a lookup and a test.
+            for name in (_FD_NAMES if count <= len(_FD_NAMES) else _fd_names(count))[:count]:
+                inode = get(readlink(name, dir_fd=directory))
                 if inode is not None and inode not in found:
                     found.add(inode)
                     if wanted is None or inode in wanted:
@@ -211,7 +209,7 @@ def _read_fds(
                             return list(found), False
             return list(found), True
         except FileNotFoundError:
-            pass  # a gap in the fd numbers (or the process ended): list the rest
+            number = int(name)  # a gap in the fd numbers (or the process ended): list the rest
         except OSError:
             return None  # PermissionError: another user's process, without root
     try:
@@ -227,7 +225,7 @@ def _read_fds(
             continue  # closed meanwhile
         except OSError:
             return None
-        inode = links.get(link)
+        inode = get(link)
         if inode is not None and inode not in found:
             found.add(inode)
             if wanted is None or inode in wanted:
@@ -266,6 +264,8 @@ def scan_holders(wanted: Mapping[int, tuple[int | None, int | None]]) -> OwnerSc
 
     counted = _fd_counts_supported()
     pids = _pids()
+    if not narrowed:
+        return _scan_every_process(pids, links, counted)
     complete: set[int] = set()
     skipped: set[int] = set()  # gone or unreadable
     reads = 0
@@ -351,6 +351,43 @@ def scan_holders(wanted: Mapping[int, tuple[int | None, int | None]]) -> OwnerSc
             if result is not None:
                 for inode in result[0]:
                     holders.setdefault(inode, []).append(pid)
+    return OwnerScan(
+        holders={inode: tuple(sorted(pids_)) for inode, pids_ in holders.items()},
+        processes_read=reads,
+        processes_seen=len(pids),
+    )
+
+
+def _scan_every_process(pids: list[int], links: Mapping[str, int], counted: bool) -> OwnerScan:
+    """scan_holders when nothing narrows the search (as ``ss -p`` reads): every fd table
+    is read, each once, stopping early only in a table once every inode was found."""
+    holders: dict[int, list[int]] = {}
+    reads = 0
+    open_ = os.open
+    fstat = os.fstat
+    close = os.close
+    read_fds = _read_fds
+    flags = _DIRECTORY_FLAGS
+    for pid in pids:
+        try:
+            directory = open_(f"{_PROC}/{pid}/fd", flags)
+        except OSError:
+            continue  # ended, or another user's process (without root): not visible
+        try:
+            count = fstat(directory).st_size if counted else None
+            if count == 0:
+                continue  # no open fds (a kernel thread, a zombie): nothing to read
+            reads += 1
+            result = read_fds(directory, count, links, None)
+        finally:
+            close(directory)
+        if result is not None:
+            for inode in result[0]:
+                found = holders.get(inode)
+                if found is None:
+                    holders[inode] = [pid]
+                else:
+                    found.append(pid)
     return OwnerScan(
         holders={inode: tuple(sorted(pids_)) for inode, pids_ in holders.items()},
         processes_read=reads,
