@@ -240,12 +240,10 @@ def summary(
     figures, cpu = measured
     per, factor = work
     medians = {side: statistics.median(values) for side, values in figures.items()}
+    # Totals, not a median of per-run ratios: socat's forked children are accounted to it
+    # only once reaped, which may fall into the next run.
     cost = {
-        side: statistics.median(
-            c / (v * factor) for c, v in zip(cpu[side], figures[side], strict=True)
-        )
-        for side in figures
-        if side != "direct"
+        side: sum(cpu[side]) / (sum(figures[side]) * factor) for side in figures if side != "direct"
     }
     print(f"\n{name} (median of {len(next(iter(figures.values())))} runs, {unit})")
     for side, value in medians.items():

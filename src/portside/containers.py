@@ -67,7 +67,7 @@ PORT_FORWARDER_KINDS = frozenset(
 ENGINE_TIMEOUT = 10.0
 #: Bound on each Engine API request made only to annotate ``ls``/``who`` (a hung engine
 #: must not hold up a listing for long).
-ANNOTATE_TIMEOUT = 2.0
+ANNOTATE_TIMEOUT = 5.0
 #: Compose labels naming the project (Docker Compose; podman-compose sets both).
 _PROJECT_LABELS = ("com.docker.compose.project", "io.podman.compose.project")
 _WILDCARDS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 -- compared, never bound
@@ -255,16 +255,25 @@ def parse_containers(
 
 
 def survey(
-    engines: Sequence[str] | None = None, *, timeout: float = ENGINE_TIMEOUT
+    engines: Sequence[str] | None = None,
+    *,
+    timeout: float = ENGINE_TIMEOUT,
+    identify: bool = True,
 ) -> EngineSurvey:
     """Every port published by a running container of every engine (default
     :func:`engine_sockets`); an engine that cannot be asked is named in ``problems``.
-    ``timeout`` bounds each request."""
+    ``timeout`` bounds each request. ``identify``: also ask each engine what it is
+    (``engine_kind``, ``engine_version``; podman answers ``/version`` by running conmon
+    and runc, which is slow); without it they are ``"docker"`` and None."""
     ports: list[PublishedPort] = []
     problems: list[str] = []
     for engine in engine_sockets() if engines is None else engines:
         try:
-            kind, version = _engine_kind(_get_json(engine, "/version", timeout))
+            kind, version = (
+                _engine_kind(_get_json(engine, "/version", timeout))
+                if identify
+                else ("docker", None)
+            )
             listing = _get_json(engine, "/containers/json", timeout)
         except OSError as exc:
             problems.append(f"{engine}: {exc.strerror or exc}")
@@ -279,10 +288,14 @@ def survey(
 
 
 def published_ports(
-    engines: Sequence[str] | None = None, *, timeout: float = ENGINE_TIMEOUT
+    engines: Sequence[str] | None = None,
+    *,
+    timeout: float = ENGINE_TIMEOUT,
+    identify: bool = True,
 ) -> list[PublishedPort]:
-    """Every port a running container publishes, from every engine that answers."""
-    return list(survey(engines, timeout=timeout).ports)
+    """Every port a running container publishes, from every engine that answers
+    (``identify``: see :func:`survey`)."""
+    return list(survey(engines, timeout=timeout, identify=identify).ports)
 
 
 def _covers(host_ip: str, ip: str) -> bool:
@@ -296,7 +309,7 @@ def find_container(port: int, transport: str, ip: str, engines: Sequence[str]) -
         return "no Engine API socket found (set DOCKER_HOST=unix://PATH)"
     problems: list[str] = []
     for engine in engines:
-        found = survey([engine])
+        found = survey([engine], identify=False)
         problems.extend(found.problems)
         for published in found.ports:
             if (
@@ -378,7 +391,7 @@ def annotate(
     if not needs_engine(entries):
         return list(entries)
     if ports is None:
-        ports = published_ports(timeout=ANNOTATE_TIMEOUT)
+        ports = published_ports(timeout=ANNOTATE_TIMEOUT, identify=False)
     result: list[SocketEntry] = []
     for entry in entries:
         if not entry.owners or not ports or not _forwarders(entry):

@@ -300,10 +300,11 @@ class ForwardProcess:
         return count
 
     def stop(
-        self, signum: int = signal.SIGTERM, timeout: float = DEADLINE_S
+        self, signum: int | None = signal.SIGTERM, timeout: float = DEADLINE_S
     ) -> tuple[int, str, str]:
-        """Send *signum*, wait; (exit code, stdout after the first line, stderr)."""
-        if self.proc.poll() is None:
+        """Send *signum* (None: none, only wait), wait; (exit code, stdout after the first
+        line, stderr)."""
+        if signum is not None and self.proc.poll() is None:
             self.proc.send_signal(signum)
         out, err = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, out.decode(), err.decode()

@@ -140,10 +140,22 @@ def started() -> Iterator[Started]:
     things.close()
 
 
+@pytest.fixture(params=["owners-first", "owners-after-the-probe"])
+def owner_lookup(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """doctor looks owners up before probing when a Redis or PostgreSQL runs anywhere on
+    the machine, and otherwise only when the answer calls for them: both orders, forced,
+    must reach the same verdict and evidence."""
+    from portside.diagnosis import gather
+
+    first = request.param == "owners-first"
+    monkeypatch.setattr(gather, "sensitive_servers_running", lambda: first)
+    return str(request.param)
+
+
 # --- reachable ------------------------------------------------------------------------
 
 
-def test_a_healthy_http_server_is_ok_and_exit_0(capsys, started):
+def test_a_healthy_http_server_is_ok_and_exit_0(capsys, started, owner_lookup):
     server = started.server("127.0.0.1")
     code, document = doctor(capsys, f"http://127.0.0.1:{server.port}/health")
     assert code == 0
@@ -173,7 +185,7 @@ def test_nothing_listening_is_fm01():
     assert any("ECONNREFUSED" in line for line in document["verdict"]["evidence"])
 
 
-def test_a_listener_on_another_loopback_address_is_fm02(capsys, started):
+def test_a_listener_on_another_loopback_address_is_fm02(capsys, started, owner_lookup):
     server = started.beside("127.0.0.1", "127.0.0.2")
     code, document = doctor(capsys, f"127.0.0.1:{server.port}")
     assert code == 1
@@ -205,7 +217,7 @@ def test_a_v6only_wildcard_asked_over_ipv4_is_fm03(capsys, started):
     assert any("(IPv6 only)" in line for line in document["verdict"]["evidence"])
 
 
-def test_a_socket_bound_but_not_listening_is_fm10(capsys, started):
+def test_a_socket_bound_but_not_listening_is_fm10(capsys, started, owner_lookup):
     server = started.server("127.0.0.1", "bind-only")
     # --no-netns: the catalogue puts a listener in another namespace (FM-29) first.
     code, document = doctor(capsys, f"127.0.0.1:{server.port}", "--no-netns")
@@ -404,7 +416,7 @@ def test_time_wait_left_by_a_stopped_server_is_fm11():
     assert "TIME_WAIT" in finding(document, "FM-11")["title"]
 
 
-def test_a_reuseport_group_is_fm12(capsys):
+def test_a_reuseport_group_is_fm12(capsys, owner_lookup):
     members: list[socket.socket] = []
     try:
         for _ in range(2):
@@ -422,7 +434,7 @@ def test_a_reuseport_group_is_fm12(capsys):
     assert "2 sockets listen" in finding(document, "FM-12")["title"]
 
 
-def test_two_servers_on_one_port_one_per_family_is_fm06(capsys, started):
+def test_two_servers_on_one_port_one_per_family_is_fm06(capsys, started, owner_lookup):
     v4 = started.server("127.0.0.1")
     v6 = None
     for _ in range(10):
@@ -442,7 +454,7 @@ def test_two_servers_on_one_port_one_per_family_is_fm06(capsys, started):
 # --- listening, but not serving ---------------------------------------------------------
 
 
-def test_a_stopped_server_is_fm18(capsys, started):
+def test_a_stopped_server_is_fm18(capsys, started, owner_lookup):
     server = started.server("127.0.0.1")
     os.kill(server.proc.pid, signal.SIGSTOP)
     try:
@@ -454,7 +466,7 @@ def test_a_stopped_server_is_fm18(capsys, started):
     assert document["verdict"]["fix"][0] == f"kill -CONT {server.proc.pid}"
 
 
-def test_a_full_accept_queue_is_fm17(capsys, started):
+def test_a_full_accept_queue_is_fm17(capsys, started, owner_lookup):
     server = started.server("127.0.0.1", "no-accept")
     clients = []
     try:
@@ -470,14 +482,14 @@ def test_a_full_accept_queue_is_fm17(capsys, started):
     assert any("accept queue" in line for line in document["verdict"]["evidence"])
 
 
-def test_a_server_that_never_answers_is_fm19(capsys, started):
+def test_a_server_that_never_answers_is_fm19(capsys, started, owner_lookup):
     server = started.server("127.0.0.1", "no-accept")
     code, document = doctor(capsys, f"http://127.0.0.1:{server.port}/", "--timeout", "2")
     assert (code, document["verdict"]["code"]) == (1, "FM-19")
     assert any(f"[{server.proc.pid}]" in line for line in document["verdict"]["evidence"])
 
 
-def test_a_listener_inherited_by_a_non_server_is_fm20(capsys):
+def test_a_listener_inherited_by_a_non_server_is_fm20(capsys, owner_lookup):
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     sleeper = subprocess.Popen(["sleep", "120"], pass_fds=[listener.fileno()])
@@ -566,7 +578,10 @@ def test_a_server_that_accepts_then_closes_is_fm25(capsys):
 
 
 def test_a_real_redis_is_identified_and_never_sent_http(capsys):
+    from portside.diagnosis import gather
+
     with redis_server() as (port, log):
+        assert gather.sensitive_servers_running(), "so owners are looked up before the probe"
         code, document = doctor(capsys, f"127.0.0.1:{port}")
         assert (code, document["verdict"]["code"]) == (0, "OK")
         assert "Redis (+PONG)" in document["verdict"]["title"]

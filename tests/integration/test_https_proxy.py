@@ -459,6 +459,11 @@ SYSTEM_TRUST_SCRIPT = textwrap.dedent(
         mount -t tmpfs -o size=64m,mode=0755 portside-test "$dir"
         mountpoint -q "$dir"
     done
+    # Under sudo, `ca trust` means the invoking user's CA, and never creates one for them.
+    if SUDO_USER=nobody PORTSIDE_HOME= "$PYTHON" -m portside ca trust 2> "$OUT.sudo"; then
+        exit 3
+    fi
+    grep -q "no local CA in $(getent passwd nobody | cut -d: -f6)" "$OUT.sudo"
     # The bundle of the system CAs, rebuilt in the private tmpfs only.
     "$PYTHON" -m portside ca trust --json > "$OUT"
     test -s /etc/ssl/certs/ca-certificates.crt

@@ -47,7 +47,7 @@ def _with_containers(*groups: Sequence[SocketEntry]) -> list[tuple[SocketEntry, 
     listing for all; call it only when :func:`_forwarded`)."""
     from portside.containers import ANNOTATE_TIMEOUT, annotate, published_ports
 
-    ports = published_ports(timeout=ANNOTATE_TIMEOUT)
+    ports = published_ports(timeout=ANNOTATE_TIMEOUT, identify=False)
     return [tuple(annotate(group, ports=ports)) for group in groups]
 
 

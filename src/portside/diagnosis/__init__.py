@@ -14,7 +14,7 @@ from portside.addresses import HostKind, parse_target
 from portside.diagnosis.facts import AfterConnect, Attempt, Facts, FirewallFacts, Outcome
 from portside.diagnosis.rules import covers, diagnose
 from portside.errors import UsageError
-from portside.models import Diagnosis, SocketEntry, SocketState, Transport
+from portside.models import Diagnosis, Exposure, SocketEntry, SocketState, Transport
 
 __all__ = ["doctor"]
 
@@ -40,24 +40,47 @@ def _identified(entry: SocketEntry) -> SocketEntry:
     return dataclasses.replace(entry, owners=owners)
 
 
-def _sockets(port: int, *, namespaces: bool, backend_name: str | None) -> tuple[SocketEntry, ...]:
-    """Every socket on ``port`` here; and in the other network namespaces only when no TCP
-    socket listens here, the one case where the rules read them (FM-29). Entering every
-    namespace costs more than the rest of a healthy run."""
+def _sockets(
+    port: int, *, namespaces: bool, backend_name: str | None
+) -> tuple[tuple[SocketEntry, ...], bool]:
+    """Every socket on ``port``, and whether their owners are still to be looked up.
+
+    Other network namespaces are read only when no TCP socket listens here, the one case
+    where the rules read them (FM-29): entering every namespace costs more than the rest
+    of a healthy run. Owners (a walk of every process's fd table, the dearest part of
+    a run) are left for later when nothing suggests they matter before the probe, that
+    is when no server that must not receive HTTP (Redis, PostgreSQL) runs at all.
+    """
+    from portside.diagnosis import gather
     from portside.sockets import port_sockets, select_backend
 
     backend = select_backend(backend_name)
-    # A first look without owners (a netlink dump filtered by the kernel: about a
-    # millisecond); the /proc walk for owners runs once, over the final set.
+    # A first look without owners: a netlink dump filtered by the kernel, about 1 ms.
     here = port_sockets(port, owners=False, namespaces=False, backend=backend)
     listening = any(e.transport is Transport.TCP and e.state is SocketState.LISTEN for e in here)
     if namespaces and not listening:
         found = port_sockets(port, namespaces=True, backend=backend)
-    elif here:
+    elif not here:
+        return (), False
+    elif gather.sensitive_servers_running():
         found = port_sockets(port, namespaces=False, backend=backend)
     else:
-        found = []
-    return tuple(_identified(entry) for entry in found)
+        return tuple(here), True
+    return tuple(_identified(entry) for entry in found), False
+
+
+def _owners_matter(diagnosis: Diagnosis, facts: Facts) -> bool:
+    """Whether the owners could change or complete what ``diagnosis`` says: always but
+    for a plain healthy answer from one loopback-bound listener."""
+    if diagnosis.verdict.code != "OK":
+        return True
+    if any(a.after is not AfterConnect.ANSWERED for a in facts.attempts):
+        return True  # silence: an inherited socket (FM-20) or a forwarder's hint
+    listeners = [
+        s for s in facts.sockets if s.transport is Transport.TCP and s.state is SocketState.LISTEN
+    ]
+    # Several listeners (FM-06, FM-12) or a wildcard one (FM-36) are described by owner.
+    return len(listeners) != 1 or listeners[0].exposure is not Exposure.LOOPBACK
 
 
 def _needs_firewall(
@@ -109,9 +132,12 @@ def doctor(
         resolution = gather.resolve(target.host, target.port, timeout / 2)
     loopback = gather.loopback(with_route=target is None)
     sockets: tuple[SocketEntry, ...] = ()
+    owners_pending = False
     attempts: list[Attempt] = []
     if target is not None and target.port is not None:
-        sockets = _sockets(target.port, namespaces=namespaces, backend_name=backend_name)
+        sockets, owners_pending = _sockets(
+            target.port, namespaces=namespaces, backend_name=backend_name
+        )
         addresses = gather.addresses_to_try(target, resolution)
         for ip in addresses:
             remaining = deadline - time.monotonic()
@@ -156,4 +182,16 @@ def doctor(
         kernel=port_settings(),
         is_wsl=gather.is_wsl(),
     )
-    return diagnose(facts)
+    diagnosis = diagnose(facts)
+    if (
+        owners_pending
+        and target is not None
+        and target.port is not None
+        and _owners_matter(diagnosis, facts)
+    ):
+        from portside.sockets import port_sockets, select_backend
+
+        found = port_sockets(target.port, namespaces=False, backend=select_backend(backend_name))
+        facts = dataclasses.replace(facts, sockets=tuple(_identified(e) for e in found))
+        diagnosis = diagnose(facts)
+    return diagnosis

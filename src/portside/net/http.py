@@ -19,7 +19,9 @@ Server side::
 ``handler(request, response)`` is called once per request, in arrival order; the next
 request on a connection is handed out only after this response ends (pipelining-safe).
 Finish the response before returning ``None`` (the fast path: no task is created), or
-return an awaitable (an ``async def`` handler), which the server runs in a task it owns.
+return an awaitable (an ``async def`` handler), which the server runs in a task it owns,
+or call ``response.defer(on_lost)`` and return ``None`` unfinished: the response is then
+finished later from callbacks (``send``/``end``), or handed to a task (``resume``).
 A ``ProtocolError`` escaping the handler becomes its ``status_hint`` (if nothing was sent
 yet); any other exception becomes 500; in both cases the connection closes afterwards.
 If the client goes away, the handler's task is cancelled.
@@ -58,6 +60,7 @@ If the client goes away, the handler's task is cancelled.
     await response.sendfile(fd, offset, count)           # os.sendfile, zero-copy when plain TCP
     response.end()                                       # last chunk; hands out the next request
     response.detach() -> (transport, leftover_bytes)     # take over after Upgrade/CONNECT
+    response.defer(on_lost); response.resume(awaitable); response.fail(exc)  # deferred
     response.started, response.finished: bool
     response.shutting_down: asyncio.Event                # long streams (SSE) end when set
 
@@ -460,6 +463,7 @@ class Response:
         "_conn",
         "_head_only",
         "_keep_alive",
+        "_on_lost",
         "_remaining",
         "detached",
         "finished",
@@ -479,6 +483,7 @@ class Response:
         self._head_only = False
         self._keep_alive = False
         self._remaining: int | None = None
+        self._on_lost: Callable[[], None] | None = None
 
     @property
     def shutting_down(self) -> asyncio.Event:
@@ -633,6 +638,27 @@ class Response:
         self.finished = True
         self._conn.response_done(self)
 
+    def defer(self, on_lost: Callable[[], None]) -> None:
+        """Finish this response later, from callbacks, without a task (the handler then
+        returns ``None`` unfinished). *on_lost* is called if the client goes away first;
+        after it, nothing may be written. End with ``send``/``end``, ``resume`` or ``fail``.
+        """
+        if self.finished:
+            raise RuntimeError("defer() after the response finished")
+        self._on_lost = on_lost
+
+    def resume(self, awaitable: Awaitable[None]) -> None:
+        """Carry on a deferred response in a task the server owns, exactly as if the
+        handler had returned *awaitable* (cancelled if the client goes away)."""
+        self._on_lost = None
+        conn = self._conn
+        conn._task = conn.server.spawn(conn._run_handler(awaitable, self))
+
+    def fail(self, exc: BaseException) -> None:
+        """A deferred response failed: what a handler raising *exc* would cause."""
+        self._on_lost = None
+        self._conn._handler_failed(self, exc)
+
     def detach(self) -> tuple[asyncio.Transport, bytes]:
         """Take the connection over after an Upgrade request or CONNECT.
 
@@ -753,6 +779,14 @@ class _Connection(asyncio.Protocol):
         task = self._task
         if task is not None and not task.done():
             task.cancel()
+        active = self._active
+        if active is not None and active._on_lost is not None:
+            on_lost, active._on_lost = active._on_lost, None
+            if not active.finished:
+                try:
+                    on_lost()
+                except Exception:  # a handler bug must not break the loop's callback
+                    log.exception("deferred response's on_lost failed")
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -1000,7 +1034,7 @@ class _Connection(asyncio.Protocol):
             if result is not None:
                 self._task = self.server.spawn(self._run_handler(result, response))
                 return
-            if not response.finished:
+            if not response.finished and response._on_lost is None:
                 self._handler_failed(
                     response, RuntimeError("handler returned without finishing the response")
                 )

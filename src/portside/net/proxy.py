@@ -205,6 +205,7 @@ class _Upstream(asyncio.Protocol):
         self.write_paused = False
         self.drain_waiters: list[asyncio.Future[None]] = []
         self.tunnel: _Tunnel | None = None
+        self.fast: _Exchange | None = None  # an exchange driven by callbacks (no task)
 
     # asyncio.Protocol
 
@@ -389,6 +390,10 @@ class _Upstream(asyncio.Protocol):
         self._wake()
 
     def _wake(self) -> None:
+        fast = self.fast
+        if fast is not None:
+            fast.progress()
+            return
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -737,7 +742,10 @@ class Proxy:
                 "This is a reverse proxy, not a forward proxy.",
             )
             return None
-        return _Exchange(self, request, response, route, https).run()
+        exchange = _Exchange(self, request, response, route, https)
+        if not request.upgrade and not request.has_body:
+            return exchange.start_fast()
+        return exchange.run()
 
     def _refuse(
         self, request: Request, response: Response, status: int, title: str, text: str
@@ -834,6 +842,7 @@ class _Exchange:
         "route",
         "started",
         "status",
+        "timer",
         "upstream",
     )
 
@@ -852,37 +861,176 @@ class _Exchange:
         self.status = 0
         self.out_bytes = 0
         self.body_sent = False
+        self.timer: asyncio.TimerHandle | None = None
 
-    async def run(self) -> None:
+    # -- the fast path: a pooled connection, a small whole response, no task ------------
+
+    def start_fast(self) -> Awaitable[None] | None:
+        """Send the request on an idle pooled connection and finish from the backend's
+        callbacks when the whole small response arrives; anything else (no idle
+        connection, a large, chunked or streamed response, 1xx, errors, timeouts)
+        continues in the general path, in a task, from where this one stands."""
+        backend = self.pool.pick(time.monotonic())
+        if backend is None:
+            return self.run()
+        idle = backend.take_idle(time.monotonic())
+        if idle is None:
+            return self.run(backend)
+        upstream = cast("_Upstream", idle)
+        pool = self.pool
+        pool.counters.requests += 1
+        pool.counters.in_flight += 1
+        counters = backend.counters
+        counters.requests += 1
+        counters.in_flight += 1
+        self.backend = backend
+        self.upstream = upstream
+        upstream.begin(self.request.method)
+        upstream.write(self._request_head(backend))  # the pool only holds live connections
+        upstream.fast = self
+        self.timer = self.proxy.loop.call_later(
+            self.proxy.options.response_timeout_s, self._fast_timeout
+        )
+        self.response.defer(self._fast_client_lost)
+        return None
+
+    def progress(self) -> None:
+        """The backend's callbacks: finish if the whole response is here, else hand over."""
+        upstream = cast("_Upstream", self.upstream)
+        events = upstream.events
+        if not events and upstream.error is None and not upstream.lost:
+            return  # part of a head, or nothing yet
+        head = events[0] if events else None
+        if (
+            type(head) is ResponseHead
+            and type(events[-1]) is MessageEnd
+            and head.status >= 200
+            and head.status not in (204, 304)
+            and not head.chunked
+            and head.content_length is not None
+            and head.content_length <= SMALL_BODY_BYTES
+            and self.request.method != "HEAD"
+        ):
+            count = len(events)
+            if count == 2:
+                body = b""
+            elif count == 3 and type(events[1]) is bytes:
+                body = events[1]
+            else:
+                pieces = list(events)[1:-1]
+                if not all(type(piece) is bytes for piece in pieces):
+                    self._to_general()
+                    return
+                body = b"".join(cast("list[bytes]", pieces))
+            if len(body) == head.content_length:
+                events.clear()
+                upstream.buffered = 0
+                self._fast_finish(upstream, head, body)
+                return
+        self._to_general()
+
+    def _fast_finish(self, upstream: _Upstream, head: ResponseHead, body: bytes) -> None:
+        self._fast_stop()
+        backend = cast("Backend", self.backend)
+        self.status = head.status
+        backend.counters.count_status(head.status)
+        try:
+            self.response.send(head.status, self._response_headers(head), body)
+        except Exception as exc:  # the client went away, or a header the core refuses
+            upstream.abort()
+            upstream.busy = False
+            self._fast_end()
+            self.response.fail(exc)
+            return
+        self.out_bytes += len(body)
+        self._done(upstream, backend, head)
+        self._fast_end()
+
+    def _fast_stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.upstream is not None:
+            self.upstream.fast = None
+
+    def _fast_end(self) -> None:
+        """What ``_run`` and ``run`` account at the end of an exchange."""
+        backend = cast("Backend", self.backend)
+        backend.counters.in_flight -= 1
+        backend.counters.bytes_out += self.out_bytes
+        self._accounted()
+
+    def _to_general(self) -> None:
+        self._fast_stop()
+        self.response.resume(self._resumed())
+
+    def _fast_timeout(self) -> None:
+        self.timer = None
+        upstream = cast("_Upstream", self.upstream)
+        if upstream.fast is not self:
+            return
+        timeout_s = self.proxy.options.response_timeout_s
+        upstream.error = UpstreamError(f"took longer than {timeout_s:g} s to answer", status=504)
+        self._to_general()
+
+    def _fast_client_lost(self) -> None:
+        self._fast_stop()
+        upstream = cast("_Upstream", self.upstream)
+        if upstream.busy and upstream.tunnel is None:
+            upstream.abort()  # the client is gone: never reuse a half-used connection
+            upstream.busy = False
+        self._fast_end()
+
+    async def _resumed(self) -> None:
+        """The general path, for an exchange the fast path began (already counted)."""
+        try:
+            await self._run(cast("Backend", self.backend), cast("_Upstream", self.upstream))
+        finally:
+            self._accounted()
+
+    def _accounted(self) -> None:
+        pool = self.pool
+        pool.counters.in_flight -= 1
+        if self.status:
+            pool.counters.count_status(self.status)
+        pool.counters.bytes_out += self.out_bytes
+        self.proxy._log_line(
+            self.request, self.status, self.out_bytes, self.route, self.backend, self.started
+        )
+
+    # -- the general path -----------------------------------------------------------------
+
+    async def run(self, first: Backend | None = None) -> None:
         pool = self.pool
         pool.counters.requests += 1
         pool.counters.in_flight += 1
         try:
-            await self._run()
+            await self._run(first)
         finally:
-            pool.counters.in_flight -= 1
-            if self.status:
-                pool.counters.count_status(self.status)
-            pool.counters.bytes_out += self.out_bytes
-            self.proxy._log_line(
-                self.request, self.status, self.out_bytes, self.route, self.backend, self.started
-            )
+            self._accounted()
 
-    async def _run(self) -> None:
+    async def _run(self, first: Backend | None = None, pending: _Upstream | None = None) -> None:
+        """*first*: the backend already picked; *pending*: the fast path already sent the
+        request on this pooled connection to *first* (and counted it)."""
         request = self.request
         tried: set[Backend] = set()
         retried_stale = False
         while True:
-            backend = self.pool.pick(time.monotonic(), tried)
+            backend = first if first is not None else self.pool.pick(time.monotonic(), tried)
+            first = None
             if backend is None:
                 self._fail_page(502, "Bad Gateway", self._last_reasons(tried))
                 return
             self.backend = backend
             counters = backend.counters
-            counters.requests += 1
-            counters.in_flight += 1
+            sent = pending is not None
             try:
-                upstream, reused = await self._connect(backend)
+                if pending is not None:
+                    upstream, reused, pending = pending, True, None
+                else:
+                    counters.requests += 1
+                    counters.in_flight += 1
+                    upstream, reused = await self._connect(backend)
             except UpstreamError as exc:
                 counters.in_flight -= 1
                 counters.errors += 1
@@ -895,7 +1043,7 @@ class _Exchange:
                 self._fail_page(exc.status, title, self._last_reasons(tried))
                 return
             try:
-                await self._exchange(upstream, backend)
+                await self._exchange(upstream, backend, sent=sent)
                 return
             except UpstreamError as exc:
                 counters.errors += 1
@@ -1026,20 +1174,21 @@ class _Exchange:
             target = request.path + (f"?{request.query}" if request.query else "")
         return f"{request.method} {target} HTTP/1.1\r\n{''.join(lines)}\r\n".encode("latin-1")
 
-    async def _exchange(self, upstream: _Upstream, backend: Backend) -> None:
+    async def _exchange(self, upstream: _Upstream, backend: Backend, *, sent: bool = False) -> None:
         try:
-            await self._exchange_on(upstream, backend)
+            await self._exchange_on(upstream, backend, sent=sent)
         except BaseException:
             if upstream.busy and upstream.tunnel is None:
                 upstream.abort()  # failed, timed out or cancelled (client gone): never reuse
                 upstream.busy = False
             raise
 
-    async def _exchange_on(self, upstream: _Upstream, backend: Backend) -> None:
+    async def _exchange_on(self, upstream: _Upstream, backend: Backend, *, sent: bool) -> None:
         request = self.request
         self.upstream = upstream
-        upstream.begin(request.method)
-        upstream.write(self._request_head(backend))
+        if not sent:  # else the fast path sent the head (no body) already
+            upstream.begin(request.method)
+            upstream.write(self._request_head(backend))
         if not request.has_body:
             await self._relay(upstream, backend)
             return
