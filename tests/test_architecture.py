@@ -27,6 +27,8 @@ PURE = [
     "diagnosis/facts.py",
     "net/routes.py",
     "frameworks.py",
+    "firewall_verdict.py",
+    "audit_risk.py",
 ]
 IO_MODULES = {
     "asyncio",

@@ -28,12 +28,15 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from portside import audit_risk
-from portside.audit_config import IgnoreRule
 from portside.audit_risk import Service, ServiceGuess, Verdict
 from portside.firewall import Chain
 from portside.firewall_verdict import Action, Evaluator, FirewallVerdict, Packet
-from portside.kernel import InterfaceAddress
+from portside.kernel import InterfaceAddress, interface_addresses
 from portside.models import Exposure, Identity, Severity, SocketEntry
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from portside.audit_config import IgnoreRule
 
 __all__ = [
     "AuditFinding",
@@ -367,36 +370,6 @@ def read_firewall(
                 chains.extend(own)
                 sources.append("nft")
     return FirewallRules(chains=tuple(chains), sources=tuple(sources), errors=tuple(errors))
-
-
-def interface_addresses() -> list[InterfaceAddress]:
-    """Every address of this namespace's interfaces, with its prefix length for both
-    families (an IPv6 netmask such as ``ffff:ffff:ffff:ffff::`` is counted in bits)."""
-    import psutil
-
-    stats = psutil.net_if_stats()
-    found = []
-    for name, addresses in psutil.net_if_addrs().items():
-        for address in addresses:
-            if address.family not in (socket.AF_INET, socket.AF_INET6):
-                continue
-            prefix = None
-            if address.netmask:
-                try:
-                    mask = int(ipaddress.ip_address(address.netmask.split("/", 1)[0]))
-                    prefix = bin(mask).count("1")
-                except ValueError:
-                    prefix = None
-            state = stats.get(name)
-            found.append(
-                InterfaceAddress(
-                    interface=name,
-                    ip=address.address.split("%", 1)[0],
-                    prefix_length=prefix,
-                    is_up=None if state is None else state.isup,
-                )
-            )
-    return found
 
 
 def _redis_ping(ip: str, port: int, timeout: float) -> bool | None:

@@ -47,7 +47,8 @@ class InterfaceAddress:
 
 
 def interface_addresses() -> list[InterfaceAddress]:
-    """Every IP address configured on a local interface (of this network namespace)."""
+    """Every IP address configured on a local interface (of this network namespace), with
+    its prefix length for both families."""
     import ipaddress
     import socket
 
@@ -62,8 +63,10 @@ def interface_addresses() -> list[InterfaceAddress]:
             ip = address.address.split("%", 1)[0]
             prefix: int | None = None
             if address.netmask:
+                # Counted in bits: ipaddress refuses an IPv6 netmask such as ffff:ffff::.
                 try:
-                    prefix = ipaddress.ip_network(f"{ip}/{address.netmask}", strict=False).prefixlen
+                    mask = int(ipaddress.ip_address(address.netmask.split("/", 1)[0]))
+                    prefix = mask.bit_count()
                 except ValueError:
                     prefix = None
             state = stats.get(name)

@@ -18,9 +18,11 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -731,7 +733,8 @@ def test_signal_drains_open_connections_and_prints_stats(
 
     def backend(sock: socket.socket) -> None:
         if len(recv_all(sock, limit=100)) < 100:
-            return  # the probe for the closed listener, if it slipped in before
+            sock.close()  # the probe for the closed listener, if it slipped in before
+            return
         go.wait(20)
         sock.sendall(payload)
         sock.close()
@@ -872,6 +875,41 @@ def test_5000_idle_connections_then_descriptors_return_to_baseline(path: str) ->
                 timeout=30,
                 what=lambda: f"fds back to baseline {baseline}: {fwd.fd_count()}",
             )
+        assert fwd.proc.poll() is None
+        code, _, err = fwd.stop()
+    assert code == 0, err
+
+
+def test_splice_without_a_spare_descriptor_falls_back_to_copying() -> None:
+    """With one file descriptor left, no pipe can be made: the bytes are copied instead."""
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        pytest.skip("prlimit (util-linux) is not installed")
+    held = 10
+    with (
+        Backend(echo_handler) as target,
+        ForwardProcess(["127.0.0.1:0", target.target, "--data-path", "splice"]) as fwd,
+    ):
+        port = fwd.port()
+        sockets = fwd.socket_count()
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as warm:
+            warm.sendall(b"warm")
+            assert recv_exactly(warm, 4) == b"warm"
+        wait_for(lambda: fwd.socket_count() == sockets, what="the warm-up connection to close")
+        base = fwd.fd_count()
+        limit = base + 2 * held + 1
+        subprocess.run([prlimit, f"--pid={fwd.pid}", f"--nofile={limit}:{limit}"], check=True)
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(held)]
+        try:
+            wait_for(lambda: fwd.fd_count() == base + 2 * held, what="all connections held")
+            for index, client in enumerate(clients):
+                payload = bytes([index]) * 100_000
+                client.sendall(payload)
+                assert recv_exactly(client, len(payload)) == payload
+            assert fwd.fd_count() <= limit
+        finally:
+            for client in clients:
+                client.close()
         assert fwd.proc.poll() is None
         code, _, err = fwd.stop()
     assert code == 0, err

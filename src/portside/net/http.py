@@ -1555,6 +1555,9 @@ class Upgraded:
 ResponseEvent = ResponseHead | bytes | MessageEnd | Upgraded
 
 
+_NAMES: dict[bytes, str] = {}  # raw header name -> lower-case text
+
+
 class ResponseParser:
     """Sans-I/O framing of the responses on one backend connection (httptools).
 
@@ -1576,6 +1579,8 @@ class ResponseParser:
         self._head_size = 0
         self._reason = b""
         self._headers: list[tuple[str, str]] = []
+        self._length: str | None = None  # the first Content-Length value
+        self._te = False
         self._failed = False
         self._close_delimited = False
         self._in_head = False
@@ -1663,6 +1668,8 @@ class ResponseParser:
         self._head_size = 0
         self._reason = b""
         self._headers = []
+        self._length = None
+        self._te = False
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
@@ -1670,9 +1677,21 @@ class ResponseParser:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value) + 4
-        if len(self._headers) >= self._max_headers or self._head_size > self._max_head_bytes:
+        headers = self._headers
+        if len(headers) >= self._max_headers or self._head_size > self._max_head_bytes:
             raise ProtocolError("backend response head too large", status_hint=502)
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        key = _NAMES.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(_NAMES) < 1024:  # header names repeat: lower-cased once
+                _NAMES[name] = key
+        text = value.decode("latin-1")
+        headers.append((key, text))
+        if key == "content-length":
+            if self._length is None:
+                self._length = text
+        elif key == "transfer-encoding":
+            self._te = True
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -1680,8 +1699,8 @@ class ResponseParser:
         self._head_raw = 0
         parser = self._parser
         headers = Headers(self._headers)
-        length = headers.get("content-length")
-        chunked = "transfer-encoding" in headers
+        length = self._length
+        chunked = self._te
         status = parser.get_status_code()
         self._close_delimited = (
             length is None and not chunked and not _no_body_status(status) and not self._head_only

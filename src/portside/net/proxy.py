@@ -63,6 +63,7 @@ from portside.net.http import (
     HTTPServer,
     Limits,
     MessageEnd,
+    PreparedHeaders,
     Request,
     Response,
     ResponseHead,
@@ -80,6 +81,8 @@ UPSTREAM_BUFFER_BYTES = 256 * 1024
 #: Response bodies up to this size that arrive with their head go out in one write.
 SMALL_BODY_BYTES = 16 * 1024
 HOUSEKEEPING_S = 1.0
+#: Distinct sets of backend response fields kept encoded (cleared when full).
+RESPONSE_FIELDS_CACHE = 256
 #: Tunnels: bytes waiting for a slow side before the other side stops being read.
 TUNNEL_HIGH_WATER = 256 * 1024
 
@@ -532,6 +535,7 @@ class Proxy:
         self._errors = options.error_stream or sys.stderr
         self._tunnels: set[_Tunnel] = set()
         self._upstreams: set[_Upstream] = set()
+        self._response_fields: dict[tuple[tuple[str, str], ...], PreparedHeaders] = {}
         self._unsubscribe = routes.subscribe(self._routes_changed)
         self._routes_changed(routes.snapshot)
 
@@ -935,7 +939,7 @@ class _Exchange:
         self.status = head.status
         backend.counters.count_status(head.status)
         try:
-            self.response.send(head.status, self._response_headers(head), body)
+            self.response.send(head.status, self._prepared_headers(head), body)
         except Exception as exc:  # the client went away, or a header the core refuses
             upstream.abort()
             upstream.busy = False
@@ -1295,6 +1299,19 @@ class _Exchange:
             upstream.close()  # the request body was cut short: the framing is unknown
             return
         backend.give_back(upstream, time.monotonic())
+
+    def _prepared_headers(self, head: ResponseHead) -> PreparedHeaders:
+        """The response's fields to pass on, validated and encoded once per distinct set
+        (a backend repeats them: static files, the same API answer)."""
+        key = tuple(head.headers.items)
+        cache = self.proxy._response_fields
+        prepared = cache.get(key)
+        if prepared is None:
+            prepared = PreparedHeaders(self._response_headers(head))
+            if len(cache) >= RESPONSE_FIELDS_CACHE:
+                cache.clear()
+            cache[key] = prepared
+        return prepared
 
     def _response_headers(self, head: ResponseHead) -> list[tuple[str, str]]:
         tokens = _connection_tokens(head.headers.get_all("connection"))

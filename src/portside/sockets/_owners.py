@@ -158,14 +158,21 @@ def _pids() -> list[int]:
 
 
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-#: "0", "1", "2" …: the fd names, made once (thousands of fds are read per scan).
-_FD_NAMES = [str(number) for number in range(256)]
+#: b"0", b"1", b"2" …: the fd names, made once (thousands of fds are read per scan).
+#: Names and links are bytes: os.readlink then neither encodes the one nor decodes the
+#: other (a third of its cost in Python).
+_FD_NAMES = [str(number).encode() for number in range(256)]
 
 
-def _fd_names(count: int) -> list[str]:
+def _fd_names(count: int) -> list[bytes]:
     if count > len(_FD_NAMES):
-        _FD_NAMES.extend(str(number) for number in range(len(_FD_NAMES), count))
+        _FD_NAMES.extend(str(number).encode() for number in range(len(_FD_NAMES), count))
     return _FD_NAMES
+
+
+def _links(inodes: Iterable[int]) -> dict[bytes, int]:
+    """The fd link text of each socket inode (``socket:[INODE]``, as bytes) -> inode."""
+    return {b"socket:[%d]" % inode: inode for inode in inodes}
 
 
 def _open_fds(pid: int) -> int | None:
@@ -178,7 +185,7 @@ def _open_fds(pid: int) -> int | None:
 
 
 def _read_fds(
-    directory: int, count: int | None, links: Mapping[str, int], relevant: Sequence[int] | None
+    directory: int, count: int | None, links: Mapping[bytes, int], relevant: Sequence[int] | None
 ) -> tuple[list[int], bool] | None:
     """Inodes of ``links`` among the fds in ``directory`` (an open ``/proc/PID/fd``), and
     whether every fd was read.
@@ -196,7 +203,7 @@ def _read_fds(
     names: Iterable[str]
     number = -1
     if count is not None:
-        name = "-1"
+        name = b"-1"
         try:
             # The per-fd loop of every scan: kept to a call, a lookup and a test.
             for name in (_FD_NAMES if count <= len(_FD_NAMES) else _fd_names(count))[:count]:
@@ -216,11 +223,11 @@ def _read_fds(
         names = os.listdir(directory)
     except OSError:
         return (list(found), False) if found else None
-    for name in names:
-        if int(name) <= number:
+    for listed in names:
+        if int(listed) <= number:
             continue  # read by number already
         try:
-            link = readlink(name, dir_fd=directory)
+            link = readlink(listed.encode(), dir_fd=directory)
         except FileNotFoundError:
             continue  # closed meanwhile
         except OSError:
@@ -244,7 +251,7 @@ def scan_holders(wanted: Mapping[int, tuple[int | None, int | None]]) -> OwnerSc
     holders: dict[int, list[int]] = {}
     if not wanted:
         return OwnerScan(holders={}, processes_read=0, processes_seen=0)
-    links = {f"socket:[{inode}]": inode for inode in wanted}
+    links = _links(wanted)
 
     # What narrows each inode: a non-root uid, a cgroup (other than the root) whose
     # members we can list.
@@ -252,11 +259,14 @@ def scan_holders(wanted: Mapping[int, tuple[int | None, int | None]]) -> OwnerSc
     cgroup_ids = {c for _, c in wanted.values() if c and mount is not None and c != mount[1]}
     members = _cgroup_members(mount[0], cgroup_ids) if mount is not None and cgroup_ids else {}
     keyed: dict[tuple[int | None, int | None], list[int]] = {}
+    free: list[int] = []
     for inode, (uid, cgroup_id) in wanted.items():
-        uid_key = uid if uid else None  # root's sockets may be held by anyone
-        cgroup_key = cgroup_id if cgroup_id in members else None
-        keyed.setdefault((uid_key, cgroup_key), []).append(inode)
-    free = keyed.pop((None, None), [])
+        # Root's sockets may be held by anyone; an unknown uid narrows nothing either.
+        if not uid and cgroup_id not in members:
+            free.append(inode)
+        else:
+            cgroup_key = cgroup_id if cgroup_id in members else None
+            keyed.setdefault((uid or None, cgroup_key), []).append(inode)
     narrowed: list[_Group] = [
         (uid, None if cgroup_id is None else members[cgroup_id], inodes)
         for (uid, cgroup_id), inodes in keyed.items()
@@ -336,7 +346,7 @@ def scan_holders(wanted: Mapping[int, tuple[int | None, int | None]]) -> OwnerSc
     # Phase 2: narrowed inodes nobody likely held are looked for everywhere else.
     missing = [inode for _u, _c, inodes in narrowed for inode in inodes if inode not in holders]
     if missing:
-        missing_links = {f"socket:[{inode}]": inode for inode in missing}
+        missing_links = _links(missing)
         for pid in pids:
             if pid in complete or pid in skipped:
                 continue
@@ -358,11 +368,12 @@ def scan_holders(wanted: Mapping[int, tuple[int | None, int | None]]) -> OwnerSc
     )
 
 
-def _scan_every_process(pids: list[int], links: Mapping[str, int], counted: bool) -> OwnerScan:
+def _scan_every_process(pids: list[int], links: Mapping[bytes, int], counted: bool) -> OwnerScan:
     """scan_holders when nothing narrows the search (as ``ss -p`` reads): every fd table
     is read, each once, stopping early only in a table once every inode was found."""
-    holders: dict[int, list[int]] = {}
+    holders: dict[int, tuple[int, ...]] = {}
     reads = 0
+    pids.sort()  # so that each inode's holders come in order
     open_ = os.open
     fstat = os.fstat
     close = os.close
@@ -384,15 +395,8 @@ def _scan_every_process(pids: list[int], links: Mapping[str, int], counted: bool
         if result is not None:
             for inode in result[0]:
                 found = holders.get(inode)
-                if found is None:
-                    holders[inode] = [pid]
-                else:
-                    found.append(pid)
-    return OwnerScan(
-        holders={inode: tuple(sorted(pids_)) for inode, pids_ in holders.items()},
-        processes_read=reads,
-        processes_seen=len(pids),
-    )
+                holders[inode] = (pid,) if found is None else (*found, pid)
+    return OwnerScan(holders=holders, processes_read=reads, processes_seen=len(pids))
 
 
 def _with_owners(
@@ -428,23 +432,21 @@ def attach_owners(entries: Sequence[SocketEntry], *, fresh: bool = False) -> lis
     from portside.processes import process_info
 
     infos: dict[int, ProcessInfo | None] = {}
-    shared: dict[tuple[int, ...], tuple[Owner, ...]] = {}
-    statuses: dict[tuple[int, ...], OwnerStatus] = {}
+    shared: dict[tuple[int, ...], tuple[tuple[Owner, ...], OwnerStatus]] = {}
+    kernel: tuple[tuple[Owner, ...], OwnerStatus] = ((), OwnerStatus.KERNEL)
     result: list[SocketEntry] = []
     append = result.append
-    in_place = fresh and all(type(entry) is SocketEntry for entry in entries)
     for entry in entries:
         if entry.owner_status is not not_looked_up:
             append(entry)
             continue
         inode = entry.inode
         if entry.state is time_wait or inode == 0:
-            owners: tuple[Owner, ...] = ()
-            status = OwnerStatus.KERNEL
+            owners, status = kernel
         else:
             pids = holders.get(inode or 0, ())
-            found_owners = shared.get(pids)
-            if found_owners is None:
+            known = shared.get(pids)
+            if known is None:
                 found: list[Owner] = []
                 for pid in pids:
                     if pid not in infos:
@@ -452,11 +454,12 @@ def attach_owners(entries: Sequence[SocketEntry], *, fresh: bool = False) -> lis
                     info = infos[pid]
                     if info is not None:  # ended since the scan: it holds nothing any more
                         found.append(Owner(process=info, identity=None))
-                found_owners = shared[pids] = tuple(found)
-                statuses[pids] = OwnerStatus.FOUND if found else OwnerStatus.NOT_VISIBLE
-            owners = found_owners
-            status = statuses[pids]
-        if in_place:
+                known = shared[pids] = (
+                    tuple(found),
+                    OwnerStatus.FOUND if found else OwnerStatus.NOT_VISIBLE,
+                )
+            owners, status = known
+        if fresh and type(entry) is SocketEntry:
             # Made by the caller a moment ago and seen by nobody yet: filling the two
             # fields now is making it with them (thousands of entries; no copy).
             fields = entry.__dict__
