@@ -56,7 +56,7 @@ test: system-packages compile lint typecheck
 	$(BIN)/pytest -q
 
 # Every benchmark, each side by side with its peer tool; bench/README.md says how to read them.
-BENCHES ?= inspect doctor scan serve proxy forward ports audit
+BENCHES ?= inspect doctor scan serve proxy https forward ports audit
 bench: compile
 	$(MAKE) system-packages EXTRA_APT="$(BENCH_APT_PACKAGES)"
 	@for b in $(BENCHES); do echo "== bench/bench_$$b.py"; $(BIN)/python bench/bench_$$b.py || exit 1; done

@@ -75,21 +75,32 @@ def _comm(pid: int) -> str:
 
 def _namespace_pids() -> dict[int, int]:
     """inode -> the lowest pid inside each namespace we may see."""
-    lowest: dict[int, int] = {}
-    for name in os.listdir(_PROC):
-        if not name.isdigit():
-            continue
-        try:
-            link = os.readlink(f"{_PROC}/{name}/ns/net")
-        except OSError:
-            continue  # another user's process (needs root), a kernel thread, or gone
-        if not link.startswith("net:["):
-            continue
-        inode = int(link[5:-1])
-        pid = int(name)
-        if pid < lowest.get(inode, pid + 1):
-            lowest[inode] = pid
-    return lowest
+    # One readlink per process, relative to an open /proc and in bytes (neither the path
+    # nor the answer converted): the whole cost of this walk is in that loop.
+    lowest: dict[bytes, int] = {}
+    try:
+        proc = os.open(_PROC, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    readlink = os.readlink
+    try:
+        for name in os.listdir(_PROC.encode()):
+            if not name.isdigit():
+                continue
+            try:
+                link = readlink(name + b"/ns/net", dir_fd=proc)
+            except OSError:
+                continue  # another user's process (needs root), a kernel thread, or gone
+            known = lowest.get(link)
+            if known is None or int(name) < known:
+                lowest[link] = int(name)
+    finally:
+        os.close(proc)
+    return {
+        int(link[5:-1]): pid
+        for link, pid in lowest.items()
+        if link.startswith(b"net:[") and link.endswith(b"]") and link[5:-1].isdigit()
+    }
 
 
 def other_namespaces(current: NetNamespace | None = None) -> list[tuple[NetNamespace, int | None]]:
