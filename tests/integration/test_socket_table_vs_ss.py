@@ -123,18 +123,24 @@ def key(transport: Transport, local: Endpoint, remote: Endpoint | None) -> tuple
     return (transport, local, remote)
 
 
-def is_ours(zoo: Zoo, inode: int | None, remote: Endpoint | None) -> bool:
-    """A zoo socket: one of our fds, or the connection still in tcp4's accept queue
-    (no inode yet; its peer is our "pending" client)."""
+def is_ours(zoo: Zoo, inode: int | None, remote: Endpoint | None, local: Endpoint) -> bool:
+    """A zoo socket: one of our fds, or the connection still in tcp4's accept queue (no
+    inode yet; on tcp4's address, its peer is our "pending" client). The address is
+    checked too: other processes' sockets without an inode (TIME_WAIT) may share a port."""
     inodes = {zoo.inode(name) for name in zoo.sockets}
     _transport, ip, port = zoo.where("pending")
-    return inode in inodes or (inode == 0 and remote == Endpoint(ip=ip, port=port))
+    _transport, listen_ip, listen_port = zoo.where("tcp4")
+    return inode in inodes or (
+        inode == 0
+        and remote == Endpoint(ip=ip, port=port)
+        and local == Endpoint(ip=listen_ip, port=listen_port)
+    )
 
 
 def compare(zoo: Zoo, backend: SocketBackend | None, *, netlink_fields: bool) -> None:
-    table = [e for e in socket_table(backend=backend) if is_ours(zoo, e.inode, e.remote)]
+    table = [e for e in socket_table(backend=backend) if is_ours(zoo, e.inode, e.remote, e.local)]
     done = subprocess.run(["ss", "-tanuepH"], capture_output=True, text=True, check=True)
-    rows = [r for r in parse_ss(done.stdout) if is_ours(zoo, r.inode, r.remote)]
+    rows = [r for r in parse_ss(done.stdout) if is_ours(zoo, r.inode, r.remote, r.local)]
     # ss (iproute2 6.1) does not ask for bound-only TCP sockets; everything else must match.
     ss_by_key = {key(r.transport, r.local, r.remote): r for r in rows}
     mine: dict[tuple[object, ...], SocketEntry] = {
