@@ -63,12 +63,25 @@ def user_name(uid: int) -> str:
         return str(uid)
 
 
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC
+
+
 def _read(path: str) -> str | None:
+    # os.open/os.read rather than open(): no buffered file object (nor its fstat, ioctl
+    # and lseek) for a file read once, whole, a few times per owner.
     try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
+        fd = os.open(path, _READ_FLAGS)
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", "replace")
 
 
 def _linux_process_info(pid: int) -> ProcessInfo | None:

@@ -338,9 +338,3 @@ def control_request(
         return response.status, document
     finally:
         conn.close()
-
-
-def terminate(proc: ForwardProcess) -> None:
-    """Best-effort cleanup used by fixtures."""
-    with contextlib.suppress(ProcessLookupError):
-        proc.close()

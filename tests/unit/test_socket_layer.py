@@ -103,3 +103,41 @@ def test_ls_orders_sockets_as_the_sorted_listeners_would():
         assert (Transport.UDP, Endpoint(ip="127.0.0.1", port=tcp.getsockname()[1])) in {
             (k[0], k[1]) for k in key
         }
+
+
+def test_tcp_of_both_families_in_one_request_is_what_one_request_per_family_gives(monkeypatch):
+    """The netlink backend asks for TCP of both families at once (TCPDIAG_GETSOCK); a
+    kernel that refuses it gets one request per family, with the same answer."""
+    from portside.sockets import _netlink
+
+    if not _netlink.NetlinkBackend().is_available():
+        pytest.skip("this kernel does not answer sock_diag requests")
+    with (
+        socket.create_server(("127.0.0.1", 0)) as v4,
+        socket.create_server(("::1", 0), family=socket.AF_INET6) as v6,
+        socket.socket(socket.AF_INET6) as bound,
+    ):
+        bound.bind(("::1", 0))
+        ours = {os.fstat(sock.fileno()).st_ino: sock.getsockname()[1] for sock in (v4, v6, bound)}
+
+        def mine() -> list[tuple[object, ...]]:
+            # Only our sockets: others may come and go on the same port numbers meanwhile.
+            found = []
+            for port in sorted(set(ours.values())):
+                for entry in _netlink.query_entries(SocketQuery(port=port)):
+                    if entry.inode in ours:
+                        found.append(
+                            (entry.family, entry.state, entry.local, entry.inode, entry.v6only)
+                        )
+            return sorted(found, key=repr)
+
+        monkeypatch.setattr(_netlink, "_TCP_REQUEST_REFUSED", [])
+        together = mine()
+        monkeypatch.setattr(_netlink, "_TCP_REQUEST_REFUSED", [True])
+        apart = mine()
+    assert together == apart
+    assert {(family, state) for family, state, *_ in together} == {
+        (Family.IPV4, SocketState.LISTEN),
+        (Family.IPV6, SocketState.LISTEN),
+        (Family.IPV6, SocketState.BOUND),
+    }

@@ -27,25 +27,32 @@ def _lazy(module: str, function: str) -> Handler:
     return Handler(module, function)
 
 
-def _common() -> _ErrorParser:
+def _common(*, top: bool = False) -> _ErrorParser:
+    """The options every command takes. On subcommands they default to "not given"
+    (SUPPRESS), so that `portside --json ls` keeps the top-level value."""
+    unset: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
     common = _ErrorParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print JSON (schema in docs/json.md)")
     common.add_argument(
-        "--no-color", action="store_true", help="no colour (NO_COLOR is honoured too)"
+        "--json", action="store_true", help="print JSON (schema in docs/json.md)", **unset
     )
-    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    common.add_argument(
+        "--no-color", action="store_true", help="no colour (NO_COLOR is honoured too)", **unset
+    )
+    common.add_argument("--debug", action="store_true", help="show tracebacks", **unset)
     # Hidden: choose the socket-table backend (netlink, procfs, psutil); $PORTSIDE_BACKEND too.
-    common.add_argument("--backend", default=None, help=argparse.SUPPRESS)
+    common.add_argument("--backend", help=argparse.SUPPRESS, **({"default": None} | unset))
     return common
 
 
-def _inspection(common: _ErrorParser) -> _ErrorParser:
+def _inspection(common: _ErrorParser, *, top: bool = False) -> _ErrorParser:
+    unset: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
     inspection = _ErrorParser(add_help=False, parents=[common])
     inspection.add_argument(
         "--no-netns",
         dest="namespaces",
         action="store_false",
         help="only this network namespace (default: every namespace visible)",
+        **unset,
     )
     return inspection
 
@@ -56,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _ErrorParser(
         prog="portside",
         description="The localhost toolkit: what holds each port, and why an address does not answer.",
-        parents=[inspection],
+        parents=[_inspection(_common(top=True), top=True)],
         epilog="Run `portside COMMAND --help` for a command. Exit codes: 0 yes/ok, 1 no/problem found, 2 error.",
     )
     parser.add_argument("-V", "--version", action="version", version=f"portside {__version__}")

@@ -103,6 +103,8 @@ WRITE_HIGH_BYTES = 512 * 1024
 QUEUE_HIGH_BYTES = 1 << 20
 QUEUE_LOW_BYTES = 256 * 1024
 ACCEPT_BATCH = 64
+#: Fault timers fire this much after their step is due (never before: see _Relay._arm).
+TIMER_SLACK_S = 0.0005
 #: A ``reset_after`` fault waits up to ROUNDS x S for the bytes before it to be delivered.
 RESET_WAIT_S = 0.005
 RESET_WAIT_ROUNDS = 400
@@ -681,7 +683,7 @@ class _Relay:
                 self.schedule.planned_bytes += len(data)
             return
         assert self.schedule is not None  # noqa: S101 -- not clean implies a schedule
-        self.queue.append([self.schedule.arrive(self.loop.time()), data, 0])
+        self.queue.append([self.schedule.arrive(_clock()), data, 0])
         self.queued += len(data)
         if self.queued >= QUEUE_HIGH_BYTES:
             self.hold(_HOLD_QUEUE, True)
@@ -696,7 +698,7 @@ class _Relay:
             self._send_eof()
             return
         assert self.schedule is not None  # noqa: S101 -- not clean implies a schedule
-        step = self.schedule.end(self.loop.time())
+        step = self.schedule.end(_clock())
         if step is None:
             self.finished = True
             self.conn.direction_done()
@@ -747,7 +749,7 @@ class _Relay:
         """Send whatever is due; arm the timer for the next step."""
         schedule = self.schedule
         assert schedule is not None  # noqa: S101 -- only the fault path queues
-        now = self.loop.time()
+        now = _clock()
         while self.queue and not self.held & _HOLD_DST and not self.silenced:
             head = self.queue[0]
             ready, data, offset = (
@@ -811,7 +813,12 @@ class _Relay:
                 return
             self.timer.cancel()
         self.timer_at = at
-        self.timer = self.loop.call_at(at, self._on_timer)
+        # On _clock(), not the loop's: uvloop's time is libuv's cached milliseconds and its
+        # timers round to the nearest one, so a step could leave early; pump() re-arms
+        # (a little late rather than early) when woken before its time.
+        delay = at - _clock()
+        delay = delay + TIMER_SLACK_S if delay > 0 else 0.0
+        self.timer = self.loop.call_later(delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self.timer = None
@@ -831,6 +838,11 @@ class _Relay:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+
+def _clock() -> float:
+    """The clock fault schedules run on (precise, unlike uvloop's loop.time())."""
+    return time.monotonic()
 
 
 def _unsent(side: _Side) -> int:
@@ -857,8 +869,8 @@ class _CopyConnection(_Conn):
         self.upstream_side = _Side(self)
         up_schedule = down_schedule = None
         if faults is not None:
-            up_schedule = Schedule(faults.up, start=self.last_active)
-            down_schedule = Schedule(faults.down, start=self.last_active)
+            up_schedule = Schedule(faults.up, start=_clock())
+            down_schedule = Schedule(faults.down, start=_clock())
         self.up = _Relay(self, self.client_side, self.upstream_side, up_schedule)
         self.down = _Relay(self, self.upstream_side, self.client_side, down_schedule)
         self.client_side.out = self.upstream_side.into = self.up
@@ -868,7 +880,8 @@ class _CopyConnection(_Conn):
         """Both transports exist: start reading; fault timers count from now."""
         self.linked = True
         self.state = "open"
-        self.last_active = now = self.loop.time()
+        self.last_active = self.loop.time()
+        now = _clock()
         for relay in (self.up, self.down):
             if relay.schedule is not None:
                 relay.schedule.start = now

@@ -636,6 +636,7 @@ class Response:
 
     def _done(self) -> None:
         self.finished = True
+        self._on_lost = None  # (a deferring handler's bound method: no cycle left behind)
         self._conn.response_done(self)
 
     def defer(self, on_lost: Callable[[], None]) -> None:

@@ -40,6 +40,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import gc
 import html
 import json
 import os
@@ -83,6 +84,8 @@ SMALL_BODY_BYTES = 16 * 1024
 HOUSEKEEPING_S = 1.0
 #: Distinct sets of backend response fields kept encoded (cleared when full).
 RESPONSE_FIELDS_CACHE = 256
+#: The runner's first garbage-collector threshold (CPython's default is 700).
+GC_THRESHOLD = 10_000
 #: Tunnels: bytes waiting for a slow side before the other side stops being read.
 TUNNEL_HIGH_WATER = 256 * 1024
 
@@ -209,6 +212,8 @@ class _Upstream(asyncio.Protocol):
         self.drain_waiters: list[asyncio.Future[None]] = []
         self.tunnel: _Tunnel | None = None
         self.fast: _Exchange | None = None  # an exchange driven by callbacks (no task)
+        self.deadline = 0.0  # of ``fast``'s response
+        self.timer: asyncio.TimerHandle | None = None
 
     # asyncio.Protocol
 
@@ -261,6 +266,9 @@ class _Upstream(asyncio.Protocol):
         self.lost = True
         self.reusable = False
         self.registry.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.tunnel is not None:
             self.tunnel.backend_lost()
         if self.busy and self.error is None:
@@ -391,6 +399,25 @@ class _Upstream(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
         self._wake()
+
+    def watch(self, timeout_s: float) -> None:
+        """Time out ``fast`` after *timeout_s*: one handle per connection, re-armed only
+        when it runs (so a request costs a clock read, not a timer)."""
+        self.deadline = deadline = self.loop.time() + timeout_s
+        if self.timer is None or self.timer.when() > deadline:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        fast = self.fast
+        if fast is None or self.lost:
+            return  # idle, or the general path (with its own timeouts) has it
+        if self.loop.time() < self.deadline:
+            self.timer = self.loop.call_at(self.deadline, self._on_timer)
+            return
+        fast.fast_timeout()
 
     def _wake(self) -> None:
         fast = self.fast
@@ -846,7 +873,6 @@ class _Exchange:
         "route",
         "started",
         "status",
-        "timer",
         "upstream",
     )
 
@@ -865,7 +891,6 @@ class _Exchange:
         self.status = 0
         self.out_bytes = 0
         self.body_sent = False
-        self.timer: asyncio.TimerHandle | None = None
 
     # -- the fast path: a pooled connection, a small whole response, no task ------------
 
@@ -892,9 +917,7 @@ class _Exchange:
         upstream.begin(self.request.method)
         upstream.write(self._request_head(backend))  # the pool only holds live connections
         upstream.fast = self
-        self.timer = self.proxy.loop.call_later(
-            self.proxy.options.response_timeout_s, self._fast_timeout
-        )
+        upstream.watch(self.proxy.options.response_timeout_s)
         self.response.defer(self._fast_client_lost)
         return None
 
@@ -951,9 +974,6 @@ class _Exchange:
         self._fast_end()
 
     def _fast_stop(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         if self.upstream is not None:
             self.upstream.fast = None
 
@@ -968,11 +988,9 @@ class _Exchange:
         self._fast_stop()
         self.response.resume(self._resumed())
 
-    def _fast_timeout(self) -> None:
-        self.timer = None
+    def fast_timeout(self) -> None:
+        """No response within the response timeout: the general path answers 504."""
         upstream = cast("_Upstream", self.upstream)
-        if upstream.fast is not self:
-            return
         timeout_s = self.proxy.options.response_timeout_s
         upstream.error = UpstreamError(f"took longer than {timeout_s:g} s to answer", status=504)
         self._to_general()
@@ -1490,8 +1508,16 @@ def run(
     options: ProxyOptions | None = None,
     on_started: Callable[[Proxy], None] | None = None,
 ) -> None:
-    """The CLI's runner: its own loop, SIGINT/SIGTERM end it gracefully, SIGHUP reloads."""
+    """The CLI's runner: its own loop, SIGINT/SIGTERM end it gracefully, SIGHUP reloads.
+
+    While it runs, the objects made so far are frozen out of the garbage collector and its
+    youngest generation is collected less often (a request allocates a few containers,
+    and little of it is cyclic); both are restored afterwards.
+    """
     loop = new_event_loop()
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(max(thresholds[0], GC_THRESHOLD), *thresholds[1:])
     try:
         main = loop.create_task(
             serve_proxy(
@@ -1512,3 +1538,5 @@ def run(
                 loop.remove_signal_handler(sig)
     finally:
         loop.close()
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
