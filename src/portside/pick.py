@@ -22,7 +22,6 @@ A port is handed out when it is, in this order:
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import errno
 import os
@@ -31,6 +30,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
+from portside._lean_dataclasses import dataclasses
 from portside.errors import PortsideError, UsageError
 from portside.ports import BROWSER_BAD_PORTS, DEV_DEFAULTS, KernelPortSettings
 

@@ -15,6 +15,7 @@ import pytest
 
 import portside
 from portside import models
+from portside._lean_dataclasses import _plain_signature, methods_compiled_on_first_use
 from portside.models import (
     Endpoint,
     Exposure,
@@ -24,9 +25,7 @@ from portside.models import (
     SocketEntry,
     SocketState,
     Transport,
-    _plain_signature,
     assemble,
-    methods_compiled_on_first_use,
 )
 
 RECORDS = [

@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options is None:
         from portside.cli._parser import build_parser
 
-        parser = build_parser()
+        parser = build_parser(args)
         try:
             options = parser.parse_args(args)
         except SystemExit as exc:  # argparse exits on --help and on bad usage

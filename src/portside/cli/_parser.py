@@ -13,6 +13,7 @@ from portside.cli import Handler
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
 
@@ -57,7 +58,64 @@ def _inspection(common: _ErrorParser, *, top: bool = False) -> _ErrorParser:
     return inspection
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Skipped:
+    """Stands in for the parser of a command that will not run: accepts every call."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self._accept
+
+    def _accept(self, *args: Any, **kwargs: Any) -> _Skipped:
+        return self
+
+
+class _Commands:
+    """The subparsers action, adding only the command that will run when it is known
+    (building all twenty parsers costs more than parsing; help and errors get them all)."""
+
+    def __init__(self, action: Any, only: str | None) -> None:
+        self.action = action
+        self.only = only
+        self.matched = False
+
+    def wants(self, *names: str) -> bool:
+        return self.only is None or self.only in names
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        if not self.wants(name):
+            return _Skipped()
+        self.matched = True
+        return self.action.add_parser(name, **kwargs)
+
+
+#: Top-level options that take a value (the word after them is not a command).
+_VALUED = frozenset({"--backend"})
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The first word of ``argv`` that can be a command name, if any."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in _VALUED:
+            skip = True
+        elif word == "--":
+            return None
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given ``argv``, only the parser of the command it names is built."""
+    only = None if argv is None else _command_word(argv)
+    parser = _build(only)
+    if only is not None and not parser._portside_matched:  # type: ignore[attr-defined]
+        parser = _build(None)  # not a command: the full parser says so
+    return parser
+
+
+def _build(only: str | None) -> argparse.ArgumentParser:
     common = _common()
     inspection = _inspection(common)
     parser = _ErrorParser(
@@ -68,7 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-V", "--version", action="version", version=f"portside {__version__}")
     parser.set_defaults(handler=_lazy("_inspect", "run_overview"))
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_ErrorParser)
+    commands = _Commands(
+        parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_ErrorParser),
+        only,
+    )
 
     ls = commands.add_parser(
         "ls",
@@ -118,28 +179,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=5.0, help="bound on the whole run, seconds (default 5)"
     )
     doctor.set_defaults(handler=_lazy("_doctor", "run_doctor"))
-    from portside.cli import _ca
+    if commands.wants("ca"):
+        from portside.cli import _ca
 
-    ca = commands.add_parser(
-        "ca",
-        parents=[common],
-        help="the local CA for https://NAME.localhost: where, fingerprint, how to trust",
-        description=_ca.DESCRIPTION,
-    )
-    _ca.add_arguments(ca)
-    ca.set_defaults(handler=_lazy("_ca", "run_ca"))
-    from portside.cli._run import add_run_command
+        ca = commands.add_parser(
+            "ca",
+            parents=[common],
+            help="the local CA for https://NAME.localhost: where, fingerprint, how to trust",
+            description=_ca.DESCRIPTION,
+        )
+        _ca.add_arguments(ca)
+        ca.set_defaults(handler=_lazy("_ca", "run_ca"))
+    if commands.wants("run"):
+        from portside.cli._run import add_run_command
 
-    add_run_command(commands, common)
+        add_run_command(commands, common)
     _add_probe_and_wait(commands, common)
     _add_network_commands(commands, common)
-    from portside.cli._ports import add_port_commands
+    if commands.wants("pick", "kill", "reserve", "release", "reservations"):
+        from portside.cli._ports import add_port_commands
 
-    add_port_commands(commands, common)
+        add_port_commands(commands, common)
+    parser._portside_matched = commands.matched  # type: ignore[attr-defined]
     return parser
 
 
-def _add_probe_and_wait(commands: Any, common: _ErrorParser) -> None:
+def _add_probe_and_wait(commands: _Commands, common: _ErrorParser) -> None:
     probe = commands.add_parser(
         "probe",
         parents=[common],
@@ -203,19 +268,22 @@ def _add_probe_and_wait(commands: Any, common: _ErrorParser) -> None:
     wait.set_defaults(handler=_lazy("_probe", "run_wait"))
 
 
-def _add_network_commands(commands: Any, common: _ErrorParser) -> None:
-    """scan, serve, proxy and forward: each module declares its own options."""
-    from portside.cli import _audit, _exporter, _forward, _proxy, _scan, _serve
+def _add_network_commands(commands: _Commands, common: _ErrorParser) -> None:
+    """Commands whose module (``portside.cli._NAME``) declares its own options."""
+    import importlib
 
     declared = (
-        ("scan", _scan, "which ports answer on an address, a range or a subnet"),
-        ("serve", _serve, "a static file server for development"),
-        ("proxy", _proxy, "a reverse proxy with named routes (app.localhost)"),
-        ("forward", _forward, "forward a port to another, with optional faults"),
-        ("audit", _audit, "which listeners the network can reach, and the fix"),
-        ("exporter", _exporter, "Prometheus metrics of listeners and findings"),
+        ("scan", "which TCP ports answer on a host (127.0.0.1 by default)"),
+        ("serve", "a static file server for development"),
+        ("proxy", "a reverse proxy with named routes (app.localhost)"),
+        ("forward", "forward a port to another, with optional faults"),
+        ("audit", "which listeners the network can reach, and the fix"),
+        ("exporter", "Prometheus metrics of listeners and findings"),
     )
-    for name, module, summary in declared:
+    for name, summary in declared:
+        if not commands.wants(name):
+            continue
+        module = importlib.import_module(f"portside.cli._{name}")
         command = commands.add_parser(
             name, parents=[common], help=summary, description=module.DESCRIPTION
         )

@@ -283,10 +283,17 @@ def scan_holders(wanted: Mapping[int, tuple[int | None, int | None]]) -> OwnerSc
     fstat = os.fstat
     close = os.close
 
+    # Groups narrowed by uid alone concern every process; the others, their cgroups' only.
+    everyone = [g for g in narrowed if g[1] is None]
+    by_cgroup = [(g[1], g) for g in narrowed if g[1] is not None]
+    free_count = len(free)
+
     # Phase 1: each process is read for the un-narrowed inodes plus those whose
     # narrowing it passes; the others wait for phase 2.
     for pid in pids:
-        groups = [g for g in narrowed if g[1] is None or pid in g[1]] if narrowed else narrowed
+        groups = (
+            everyone + [g for inside, g in by_cgroup if pid in inside] if by_cgroup else everyone
+        )
         if not free and not groups:
             continue  # in none of the cgroups: not even a stat
         directory: int | None = None
@@ -308,12 +315,8 @@ def scan_holders(wanted: Mapping[int, tuple[int | None, int | None]]) -> OwnerSc
                 skipped.add(pid)
                 continue  # ended
         try:
-            extra = [
-                inode
-                for uid, _cgroup, inodes in groups
-                if uid is None or uid == status.st_uid
-                for inode in inodes
-            ]
+            owner = status.st_uid
+            extra = [inodes for uid, _cgroup, inodes in groups if uid is None or uid == owner]
             if not free and not extra:
                 continue
             count = status.st_size if counted else None
@@ -326,8 +329,11 @@ def scan_holders(wanted: Mapping[int, tuple[int | None, int | None]]) -> OwnerSc
                     reads += 1
                     skipped.add(pid)
                     continue
+            # The inodes this process is read for, when few enough to stop early on.
             relevant = (
-                free + extra if narrowed and len(free) + len(extra) <= _EARLY_STOP_LIMIT else None
+                [*free, *(inode for inodes in extra for inode in inodes)]
+                if free_count + sum(map(len, extra)) <= _EARLY_STOP_LIMIT
+                else None
             )
             reads += 1
             result = _read_fds(directory, count, links, relevant)
