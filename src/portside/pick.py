@@ -30,7 +30,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from portside._lean_dataclasses import dataclasses
+from portside._lean_dataclasses import dataclasses, methods_compiled_on_first_use
 from portside.errors import PortsideError, UsageError
 from portside.ports import BROWSER_BAD_PORTS, DEV_DEFAULTS, KernelPortSettings
 
@@ -89,43 +89,49 @@ class Rejection(enum.StrEnum):
     NOT_BINDABLE = "not-bindable"  # bind() failed for another reason (EACCES, …)
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class PickPolicy:
-    """Which numbers may be handed out. ``ephemeral_assumed``: the OS did not say."""
+with methods_compiled_on_first_use():
 
-    port_range: tuple[int, int]
-    ephemeral_range: tuple[int, int]
-    ephemeral_assumed: bool
-    kernel_reserved: frozenset[int]
-    unprivileged_port_start: int
-    registry_ports: frozenset[int] = frozenset()
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class PickPolicy:
+        """Which numbers may be handed out. ``ephemeral_assumed``: the OS did not say."""
 
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Rejected:
-    """A candidate that was looked at and passed over, and why."""
-
-    port: int
-    reason: Rejection
-    detail: str | None = None
+        port_range: tuple[int, int]
+        ephemeral_range: tuple[int, int]
+        ephemeral_assumed: bool
+        kernel_reserved: frozenset[int]
+        unprivileged_port_start: int
+        registry_ports: frozenset[int] = frozenset()
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class PickExplanation:
-    """The answer of ``portside pick --why``: the ports, the rules, and what was skipped.
+with methods_compiled_on_first_use():
 
-    ``tried`` lists only candidates that were actually visited; whole blocks skipped by
-    arithmetic (the ephemeral range) are described in ``rules``.
-    """
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class Rejected:
+        """A candidate that was looked at and passed over, and why."""
 
-    ports: tuple[int, ...]
-    transport: str  # "tcp" or "udp" (models.Transport values; models is not imported here)
-    port_range: tuple[int, int]
-    ephemeral_range: tuple[int, int]
-    ephemeral_source: str  # "kernel" or "assumed"
-    ipv6_checked: bool
-    rules: tuple[str, ...]
-    tried: tuple[Rejected, ...]
+        port: int
+        reason: Rejection
+        detail: str | None = None
+
+
+with methods_compiled_on_first_use():
+
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class PickExplanation:
+        """The answer of ``portside pick --why``: the ports, the rules, and what was skipped.
+
+        ``tried`` lists only candidates that were actually visited; whole blocks skipped by
+        arithmetic (the ephemeral range) are described in ``rules``.
+        """
+
+        ports: tuple[int, ...]
+        transport: str  # "tcp" or "udp" (models.Transport values; models is not imported here)
+        port_range: tuple[int, int]
+        ephemeral_range: tuple[int, int]
+        ephemeral_source: str  # "kernel" or "assumed"
+        ipv6_checked: bool
+        rules: tuple[str, ...]
+        tried: tuple[Rejected, ...]
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -241,19 +247,21 @@ def walk(policy: PickPolicy, start: int) -> Iterator[int]:
 # --------------------------------------------------------------------------- the shell
 
 
-@dataclasses.dataclass(slots=True)
-class BindResult:
-    """What binding one port on both loopbacks showed. ``sockets`` stay open (and keep
-    the port) until :meth:`close`."""
+with methods_compiled_on_first_use():
 
-    port: int
-    rejection: Rejected | None
-    sockets: list[socket.socket]
+    @dataclasses.dataclass(slots=True)
+    class BindResult:
+        """What binding one port on both loopbacks showed. ``sockets`` stay open (and keep
+        the port) until :meth:`close`."""
 
-    def close(self) -> None:
-        for sock in self.sockets:
-            sock.close()
-        self.sockets.clear()
+        port: int
+        rejection: Rejected | None
+        sockets: list[socket.socket]
+
+        def close(self) -> None:
+            for sock in self.sockets:
+                sock.close()
+            self.sockets.clear()
 
 
 _LOOPBACKS: tuple[tuple[socket.AddressFamily, str], ...] = (

@@ -4,9 +4,10 @@ kernel ranges. Pure: the kernel settings and the IANA rows are passed in.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from collections.abc import Iterable, Mapping
+
+from portside._lean_dataclasses import dataclasses, methods_compiled_on_first_use
 
 
 class PortClass(enum.StrEnum):
@@ -97,39 +98,45 @@ def parse_port_list(text: str) -> frozenset[int]:
     return frozenset(ports)
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class KernelPortSettings:
-    """This machine's port policy; None where the platform has no such setting."""
+with methods_compiled_on_first_use():
 
-    ephemeral_range: tuple[int, int] | None
-    reserved_ports: frozenset[int]
-    unprivileged_port_start: int | None  # binding below needs CAP_NET_BIND_SERVICE
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class KernelPortSettings:
+        """This machine's port policy; None where the platform has no such setting."""
 
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Service:
-    name: str
-    protocols: tuple[str, ...]
-    description: str
+        ephemeral_range: tuple[int, int] | None
+        reserved_ports: frozenset[int]
+        unprivileged_port_start: int | None  # binding below needs CAP_NET_BIND_SERVICE
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class PortFacts:
-    """Everything portside knows about one port number."""
+with methods_compiled_on_first_use():
 
-    port: int
-    iana_class: PortClass
-    services: tuple[Service, ...]
-    in_ephemeral_range: bool | None
-    ephemeral_range: tuple[int, int] | None
-    other_ephemeral_ranges: Mapping[str, tuple[int, int]]
-    in_other_ephemeral_ranges: tuple[str, ...]
-    reserved: bool
-    privileged: bool | None
-    unprivileged_port_start: int | None
-    browser_bad_port: bool
-    dev_default: str | None
-    notes: tuple[str, ...]
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class Service:
+        name: str
+        protocols: tuple[str, ...]
+        description: str
+
+
+with methods_compiled_on_first_use():
+
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class PortFacts:
+        """Everything portside knows about one port number."""
+
+        port: int
+        iana_class: PortClass
+        services: tuple[Service, ...]
+        in_ephemeral_range: bool | None
+        ephemeral_range: tuple[int, int] | None
+        other_ephemeral_ranges: Mapping[str, tuple[int, int]]
+        in_other_ephemeral_ranges: tuple[str, ...]
+        reserved: bool
+        privileged: bool | None
+        unprivileged_port_start: int | None
+        browser_bad_port: bool
+        dev_default: str | None
+        notes: tuple[str, ...]
 
 
 def port_facts(port: int, kernel: KernelPortSettings, services: Iterable[Service]) -> PortFacts:

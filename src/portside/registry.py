@@ -37,7 +37,6 @@ Theory of operation:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import re
 import sys
@@ -45,6 +44,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from portside._lean_dataclasses import dataclasses, methods_compiled_on_first_use
 from portside.errors import BackendError, PortsideError, UsageError
 from portside.pick import (
     HOME_ENV,
@@ -199,63 +199,73 @@ class RouteConflictError(PortsideError):
 # --------------------------------------------------------------------------- records
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Lease:
-    """A port held by a running process (pid + start time, so pid reuse cannot fool it)."""
+with methods_compiled_on_first_use():
 
-    port: int
-    pid: int
-    start_token: str
-    acquired: float
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class Lease:
+        """A port held by a running process (pid + start time, so pid reuse cannot fool it)."""
 
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Reservation:
-    """A name's port in a scope (``"global"`` or a project directory)."""
-
-    name: str
-    scope: str
-    port: int
-    created: float
-    lease: Lease | None = None
+        port: int
+        pid: int
+        start_token: str
+        acquired: float
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class RouteRecord:
-    """``host`` (``NAME.localhost``) is served by ``backend_host:backend_port`` while the
-    owner process (pid + start time) runs."""
+with methods_compiled_on_first_use():
 
-    host: str
-    name: str
-    scope: str
-    backend_host: str
-    backend_port: int
-    pid: int
-    start_token: str
-    created: float
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class Reservation:
+        """A name's port in a scope (``"global"`` or a project directory)."""
+
+        name: str
+        scope: str
+        port: int
+        created: float
+        lease: Lease | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class ProxyRecord:
-    """A running ``portside proxy`` that follows the routes: where it listens."""
+with methods_compiled_on_first_use():
 
-    scheme: str
-    ip: str
-    port: int
-    pid: int
-    start_token: str
-    started: float
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class RouteRecord:
+        """``host`` (``NAME.localhost``) is served by ``backend_host:backend_port`` while the
+        owner process (pid + start time) runs."""
+
+        host: str
+        name: str
+        scope: str
+        backend_host: str
+        backend_port: int
+        pid: int
+        start_token: str
+        created: float
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class ReserveResult:
-    """The answer of ``reserve``: the reservation, whether it is new, and whether its port
-    can be bound right now (an existing reservation's app may well be running on it)."""
+with methods_compiled_on_first_use():
 
-    reservation: Reservation
-    created: bool
-    bindable: bool
-    warnings: tuple[str, ...] = ()
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class ProxyRecord:
+        """A running ``portside proxy`` that follows the routes: where it listens."""
+
+        scheme: str
+        ip: str
+        port: int
+        pid: int
+        start_token: str
+        started: float
+
+
+with methods_compiled_on_first_use():
+
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class ReserveResult:
+        """The answer of ``reserve``: the reservation, whether it is new, and whether its port
+        can be bound right now (an existing reservation's app may well be running on it)."""
+
+        reservation: Reservation
+        created: bool
+        bindable: bool
+        warnings: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- helpers
