@@ -234,6 +234,23 @@ def stop(holders: list[subprocess.Popen[str]], sleepers: list[subprocess.Popen[b
         sleeper.wait()
 
 
+def _network_namespaces() -> int:
+    """Network namespaces on this machine: of processes, and named (``ip netns``)."""
+    seen: set[int] = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                seen.add(os.stat(f"/proc/{name}/ns/net").st_ino)
+            except OSError:
+                continue
+    for name in os.listdir("/run/netns") if os.path.isdir("/run/netns") else ():
+        try:
+            seen.add(os.stat(f"/run/netns/{name}").st_ino)
+        except OSError:
+            continue
+    return len(seen)
+
+
 def _time_wait_sockets() -> int:
     """TCP sockets in TIME_WAIT on this machine (``tw`` in /proc/net/sockstat)."""
     with open("/proc/net/sockstat") as handle:
@@ -257,6 +274,7 @@ def run_scenario(name: str, options: argparse.Namespace) -> dict[str, object]:
             ).stdout.splitlines()
         )
         time_wait = _time_wait_sockets()  # each costs who's walk of the connection table
+        namespaces = _network_namespaces()  # portside looks into each (ss does not)
         with tempfile.TemporaryDirectory() as cache:
             env = _fresh_bytecode_env(cache)
             _check_same_work(portside, port, {holder.pid for holder in holders}, env)
@@ -297,6 +315,7 @@ def run_scenario(name: str, options: argparse.Namespace) -> dict[str, object]:
             "processes": total_procs,
             "cpus": os.cpu_count(),
             "tcp_time_wait": time_wait,
+            "network_namespaces": namespaces,
         },
         "runs": options.runs,
         "medians_ms": {key: round(value * 1000, 2) for key, value in wall.items()},

@@ -361,13 +361,20 @@ def test_a_closed_connection_lingers_in_time_wait_held_by_the_kernel(backend):
         server, _ = listener.accept()
         port = client.getsockname()[1]
         place = where(client)
+        peer = listener.getsockname()[1]
         client.close()  # the active closer ends in TIME_WAIT
         _ready(server)
         assert server.recv(1) == b""
         server.close()
         deadline = time.monotonic() + 5
         while True:  # polls the kernel's state, not a guess at how long it takes
-            found = at(socket_table(SocketQuery(port=port), backend=backend), place)
+            # Ours only: an older connection from the same local port to another server
+            # may still be in TIME_WAIT (ephemeral ports are reused on a busy machine).
+            found = [
+                e
+                for e in at(socket_table(SocketQuery(port=port), backend=backend), place)
+                if e.remote is not None and e.remote.port == peer
+            ]
             if [e.state for e in found] == [SocketState.TIME_WAIT] or time.monotonic() > deadline:
                 break
     assert [e.state for e in found] == [SocketState.TIME_WAIT]
