@@ -28,12 +28,12 @@ import os
 import socket
 import sys
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
 
 from portside._lean_dataclasses import dataclasses, methods_compiled_on_first_use
 from portside.errors import PortsideError, UsageError
 from portside.ports import BROWSER_BAD_PORTS, DEV_DEFAULTS, KernelPortSettings
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import random
 

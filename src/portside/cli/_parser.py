@@ -17,8 +17,41 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, told the terminal width: argparse would import shutil (and
+    with it zlib, bz2 and lzma) to ask, on every add_argument."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            width = _terminal_columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _terminal_columns() -> int:
+    import os
+
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(1).columns
+    except OSError:
+        return 80
+
+
 class _ErrorParser(argparse.ArgumentParser):
     """argparse, with one-line errors that name the fix and exit code 2."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> Any:
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")

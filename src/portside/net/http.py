@@ -690,6 +690,8 @@ class _Failure:
 
 _IDLE: Final = 1
 _HEAD: Final = 2
+#: Replaces a closed connection's parser (never fed: nothing is read after the loss).
+_SPENT_PARSER: Final = httptools.HttpRequestParser(object())
 
 
 class _Connection(asyncio.Protocol):
@@ -766,6 +768,9 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self._stop_timer()
+        # The parser holds bound methods of this object: drop it, so that a closed
+        # connection is freed by reference counting, not left to the cycle collector.
+        self._parser = _SPENT_PARSER
         if self._linger_timer is not None:
             self._linger_timer.cancel()
         self.server.forget(self)

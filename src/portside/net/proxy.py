@@ -21,6 +21,14 @@ headers added; the body streamed to the backend while the response streams back 
 duplex, back-pressure both ways, nothing buffered whole); then the connection goes back
 to the pool when both sides ended cleanly.
 
+The common exchange takes a fast path without a task (``_Exchange.start_fast``): a
+request without a body goes out on an idle pooled connection, and when the backend's
+whole small response (``Content-Length`` up to ``SMALL_BODY_BYTES``) arrives, the
+``_Upstream``'s callback answers the client in one write (``Response.defer``). Anything
+else (no idle connection, a streamed, chunked, 1xx or bodiless-by-status response, an
+error, the response timeout, a client gone) hands over to the general path, in a task,
+from where the exchange stands, so every behaviour below holds for both paths.
+
 Failures: a connect that fails ejects the backend for a while and the request moves to
 the next backend (nothing was sent); a pooled connection the backend had closed is
 retried once on a fresh one when the request is idempotent and has no body; otherwise
