@@ -42,7 +42,6 @@ import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
 
 from portside._lean_dataclasses import dataclasses, methods_compiled_on_first_use
 from portside.errors import BackendError, PortsideError, UsageError
@@ -61,11 +60,13 @@ from portside.pick import (
 )
 from portside.ports import KernelPortSettings
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     # Imported where used: ``pick`` reads this module on its fast path, and sqlite3,
     # pathlib and platformdirs would cost it ~30 ms of imports.
     import sqlite3
     from pathlib import Path
+    from typing import Any
 
 __all__ = [
     "APPLICATION_ID",
@@ -149,7 +150,7 @@ ROUTE_SUFFIX = ".localhost"
 class RegistryError(BackendError):
     """The registry file cannot be used. ``path`` is the file."""
 
-    def __init__(self, path: Path, message: str) -> None:
+    def __init__(self, path: Path | str, message: str) -> None:
         super().__init__(message)
         self.path = path
 
@@ -157,7 +158,7 @@ class RegistryError(BackendError):
 class RegistryDamagedError(RegistryError):
     """The registry file is damaged; it is left as it is for the user to inspect."""
 
-    def __init__(self, path: Path, detail: str) -> None:
+    def __init__(self, path: Path | str, detail: str) -> None:
         super().__init__(
             path,
             f"the registry {path} is damaged ({detail}); it was left untouched: move it aside"
@@ -168,7 +169,7 @@ class RegistryDamagedError(RegistryError):
 class ForeignFileError(RegistryError):
     """The registry path holds a file that portside did not write."""
 
-    def __init__(self, path: Path, what: str) -> None:
+    def __init__(self, path: Path | str, what: str) -> None:
         super().__init__(
             path,
             f"{path} is {what}, not a portside registry; it was left untouched: move it"
@@ -331,15 +332,15 @@ def process_start_token(pid: int) -> str | None:
             return None
 
 
-def _looks_like_sqlite(path: Path) -> bool:
+def _looks_like_sqlite(path: Path | str) -> bool:
     try:
-        with path.open("rb") as handle:
+        with open(path, "rb") as handle:
             return handle.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
     except OSError:
         return False
 
 
-def _damage_error(path: Path, exc: sqlite3.DatabaseError) -> RegistryError:
+def _damage_error(path: Path | str, exc: sqlite3.DatabaseError) -> RegistryError:
     import sqlite3
 
     if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
@@ -361,7 +362,7 @@ class Registry:
     every SQLite error is raised as a :class:`RegistryError` naming the file.
     """
 
-    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+    def __init__(self, path: Path | str, connection: sqlite3.Connection) -> None:
         self.path = path
         self._db = connection
         self._kernel: KernelPortSettings | None = None
@@ -372,7 +373,7 @@ class Registry:
     @classmethod
     def open(
         cls,
-        path: Path | None = None,
+        path: Path | str | None = None,
         *,
         migrations: Sequence[str] = MIGRATIONS,
     ) -> Registry:
@@ -388,9 +389,11 @@ class Registry:
         import sqlite3
 
         path = path or registry_path()
-        if path.is_dir():
+        # os.path, not Path methods: `pick` opens the registry by its text path, without
+        # importing pathlib.
+        if os.path.isdir(path):  # noqa: PTH112
             raise ForeignFileError(path, "a directory")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # noqa: PTH103, PTH120
         try:
             connection = sqlite3.connect(
                 str(path), timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
@@ -969,5 +972,5 @@ def default_registry_ports() -> frozenset[int]:
             return frozenset()
     except OSError:
         return frozenset()  # no registry yet
-    with Registry.open(registry_path()) as registry:
+    with Registry.open(path) as registry:
         return registry.taken_ports()

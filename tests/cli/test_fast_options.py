@@ -20,6 +20,8 @@ PLAIN = [
     ["who", "--no-netns", "[::1]:53", "--debug"],
     ["who", "http://app.localhost:8080/x"],
     ["who", ""],
+    ["pick"],
+    ["pick", "--json", "--udp", "--why", "--no-color", "--debug"],
 ]
 
 NOT_PLAIN = [
@@ -39,6 +41,9 @@ NOT_PLAIN = [
     ["who", "--", "80"],
     ["who", "80", "--proto", "tcp"],
     ["explain", "80"],
+    ["pick", "-n", "2"],
+    ["pick", "--no-netns"],
+    ["pick", "--range", "20000-30000"],
     ["doctor"],
     ["--json", "ls"],
     ["--backend", "procfs", "--json"],

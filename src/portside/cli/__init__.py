@@ -2,7 +2,7 @@
 
 argparse (stdlib) keeps start-up cheap; every command module is imported only when that
 command runs, and rich only when a table is drawn on a terminal. The commands whose
-start-up is measured against ``ss`` (``portside ls``, ``portside who PORT``, the overview)
+start-up is measured (``portside ls``, ``portside who PORT``, the overview, ``pick``)
 are recognised without argparse when their arguments are plain flags (:func:`_fast_options`
 gives what argparse would); anything else goes through the full parser.
 """
@@ -54,6 +54,13 @@ _INSPECTION_FLAGS = {
     "--debug": ("debug", True),
     "--no-netns": ("namespaces", False),
 }
+_PICK_FLAGS = {
+    "--json": ("json", True),
+    "--no-color": ("no_color", True),
+    "--debug": ("debug", True),
+    "--udp": ("udp", True),
+    "--why": ("why", True),
+}
 _LS_FLAGS = {
     **_INSPECTION_FLAGS,
     "-a": ("all", True),
@@ -73,8 +80,8 @@ _BRIEF = frozenset(
 
 
 def _fast_options(args: list[str]) -> argparse.Namespace | None:
-    """What ``build_parser().parse_args(args)`` gives for the overview, ``ls`` and ``who
-    TARGET`` with only whole flags (no values, no abbreviations), without importing
+    """What ``build_parser().parse_args(args)`` gives for the overview, ``ls``, ``who
+    TARGET`` and ``pick`` with only whole flags (no values, no abbreviations), without importing
     argparse; None for anything else (the parser then decides, errors and help included).
     """
     from types import SimpleNamespace
@@ -102,6 +109,12 @@ def _fast_options(args: list[str]) -> argparse.Namespace | None:
     elif command == "who":
         flags = _INSPECTION_FLAGS
         values["handler"] = Handler("_inspect", "run_who")
+        rest = args[1:]
+    elif command == "pick":  # judged by its start-up too (a 60 ms budget)
+        flags = _PICK_FLAGS
+        values.update(
+            handler=Handler("_ports", "run_pick"), count=1, port_range=None, udp=False, why=False
+        )
         rest = args[1:]
     else:
         flags = _INSPECTION_FLAGS
