@@ -52,13 +52,8 @@ with Registry.open() as registry:
 
 
 def pick_command() -> tuple[list[str], str]:
-    """The real ``portside pick`` when the parser has it, else the test shim that adds the
-    port commands to the same parser (identical work, one more tiny module)."""
-    portside = str(BIN / "portside")
-    probe = subprocess.run([portside, "pick"], capture_output=True, text=True, check=False)
-    if probe.returncode == 0:
-        return [portside, "pick"], "portside pick"
-    return [sys.executable, "-m", "tests.integration._ports_cli", "pick"], "shim pick"
+    """The installed console script, as a user runs it."""
+    return [str(BIN / "portside"), "pick"], "portside pick"
 
 
 def hyperfine_pick(runs: int, env: dict[str, str], home: str) -> dict[str, float]:
