@@ -7,13 +7,13 @@ library modules and the renderer load inside each handler.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from portside.errors import ExitCode
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
     from typing import Any
 
 
