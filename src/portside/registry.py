@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -99,7 +98,8 @@ APPLICATION_ID = 0x50535247
 #: Seconds to wait for another process's write transaction.
 BUSY_TIMEOUT = 30.0
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_.-]{0,62})$")
+#: What a name may be (compiled where used: `pick` imports this module, and not re).
+_NAME = r"^[a-z0-9](?:[a-z0-9_.-]{0,62})$"
 
 #: Schema migrations: entry i takes user_version i to i + 1. Append only, never edit.
 MIGRATIONS: tuple[str, ...] = (
@@ -295,7 +295,9 @@ def project_scope(start: Path | None = None) -> str:
 def normalise_name(name: str) -> str:
     """Names are case-insensitive DNS-label-like words (they become ``NAME.localhost``)."""
     folded = name.strip().lower()
-    if not _NAME.match(folded):
+    import re
+
+    if not re.match(_NAME, folded):
         raise UsageError(
             f"name {name!r}: use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit"
         )
