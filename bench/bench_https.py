@@ -37,8 +37,8 @@ from bench_proxy import (
     PORTSIDE_LAUNCH,
     ROOT,
     free_port,
-    parse_wrk,
     pinned,
+    run_wrk,
     stop,
     wait_listening,
 )
@@ -70,23 +70,6 @@ http {{
     }}
 }}
 """
-
-
-def run_wrk(port: int, args: argparse.Namespace, scenario: str) -> dict[str, float]:
-    argv = [
-        "wrk",
-        f"-t{args.threads}",
-        f"-c{args.connections}",
-        f"-d{args.duration}s",
-        "--latency",
-        "-H",
-        "Host: app.localhost",
-    ]
-    if scenario == "handshake":
-        argv += ["-H", "Connection: close"]
-    argv.append(f"https://{LOOPBACK}:{port}/1k.bin")
-    done = subprocess.run(pinned(args.client_cpu, argv), capture_output=True, text=True, check=True)
-    return parse_wrk(done.stdout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
                 for index in range(args.rounds):
                     order = ["nginx", "portside"] if index % 2 == 0 else ["portside", "nginx"]
                     for side in order:
-                        figure = run_wrk(sides[side], args, scenario)
+                        figure = run_wrk(
+                            sides[side], args, scenario, close_scenario="handshake", scheme="https"
+                        )
                         results[scenario][side].append(figure)
                         print(
                             f"{scenario:9} round {index + 1} {side:8} {figure['requests_per_s']:>9.0f} req/s  p99 {figure['p99_ms']:.2f} ms  errors {figure['socket_errors']:.0f} non-2xx {figure['non_2xx']:.0f}",

@@ -157,7 +157,15 @@ def parse_wrk(text: str) -> dict[str, float]:
     }
 
 
-def run_wrk(port: int, args: argparse.Namespace, scenario: str) -> dict[str, float]:
+def run_wrk(
+    port: int,
+    args: argparse.Namespace,
+    scenario: str,
+    *,
+    close_scenario: str = "churn",
+    scheme: str = "http",
+) -> dict[str, float]:
+    """One wrk run at PORT; ``close_scenario`` sends ``Connection: close`` on every request."""
     argv = [
         "wrk",
         f"-t{args.threads}",
@@ -167,9 +175,9 @@ def run_wrk(port: int, args: argparse.Namespace, scenario: str) -> dict[str, flo
         "-H",
         "Host: app.localhost",
     ]
-    if scenario == "churn":
+    if scenario == close_scenario:
         argv += ["-H", "Connection: close"]
-    argv.append(f"http://{LOOPBACK}:{port}/1k.bin")
+    argv.append(f"{scheme}://{LOOPBACK}:{port}/1k.bin")
     done = subprocess.run(pinned(args.client_cpu, argv), capture_output=True, text=True, check=True)
     return parse_wrk(done.stdout)
 
