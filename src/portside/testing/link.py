@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from portside.models import Endpoint
+from portside.testing._teardown import end_all
 
 if TYPE_CHECKING:
     from portside.net.faults import Faults
@@ -376,11 +377,4 @@ class FlakyLinks:
     def close(self) -> None:
         """Close every link, the last started first; raise the first failure after
         trying them all."""
-        errors: list[BaseException] = []
-        while self.started:
-            try:
-                self.started.pop().close()
-            except Exception as exc:  # close the others all the same
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+        end_all(self.started, FlakyLink.close)

@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from portside.errors import PortsideError, UsageError
+from portside.testing._teardown import end_all
 from portside.testing.ready import (
     DEFAULT_INTERVAL_S,
     DEFAULT_TIMEOUT_S,
@@ -391,11 +392,4 @@ class LocalServices:
     def close(self) -> None:
         """Stop every service, the last started first; raise the first failure after
         trying them all."""
-        errors: list[BaseException] = []
-        while self.started:
-            try:
-                self.started.pop().stop()
-            except Exception as exc:  # stop the others all the same
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+        end_all(self.started, LocalService.stop)
