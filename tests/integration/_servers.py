@@ -9,8 +9,10 @@ a sleep; every context manager ends only what it started and removes its directo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import glob
+import http.client
 import http.server
 import os
 import shutil
@@ -24,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from portside.models import Endpoint
+from portside.net.serve import StaticOptions, StaticServer, open_static
 from tests.integration._components import (
     LOOPBACK,
     STOP_GRACE,
@@ -287,3 +291,59 @@ def postgres_server(*, ssl_files: tuple[Path, Path] | None = None) -> Iterator[t
                 capture_output=True,
                 check=False,
             )
+
+
+class StaticServerThread:
+    """A static server on its own event loop in a thread."""
+
+    def __init__(self, root: Path, options: StaticOptions | None = None) -> None:
+        self._root = root
+        self._options = options or StaticOptions()
+        self._ready = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.server: StaticServer | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import uvloop
+
+        loop = self.loop = uvloop.new_event_loop()
+
+        async def start() -> StaticServer:
+            return await open_static(
+                self._root, Endpoint(ip="127.0.0.1", port=0), options=self._options
+            )
+
+        self.server = loop.run_until_complete(start())
+        self._ready.set()
+        loop.run_forever()
+        loop.close()
+
+    def __enter__(self) -> StaticServerThread:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.loop is not None
+        assert self.server is not None
+        asyncio.run_coroutine_threadsafe(self.server.aclose(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.address.port
+
+    def get(
+        self, path: str, headers: dict[str, str] | None = None, method: str = "GET"
+    ) -> tuple[int, dict[str, str], bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            connection.request(method, path, headers={"Host": "localhost", **(headers or {})})
+            response = connection.getresponse()
+            body = response.read()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+        finally:
+            connection.close()

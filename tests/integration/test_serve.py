@@ -4,7 +4,6 @@ fallback, CORS, live reload, symlinks, the Host allowlist, sendfile, signals."""
 
 from __future__ import annotations
 
-import asyncio
 import email.message
 import email.parser
 import http.client
@@ -15,73 +14,16 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from email.utils import formatdate
-from pathlib import Path
 
 import pytest
 
 from portside.models import Endpoint
-from portside.net.serve import LIVE_RELOAD_PATH, StaticOptions, StaticServer, open_static
+from portside.net.serve import LIVE_RELOAD_PATH, StaticOptions
+from tests.integration._servers import StaticServerThread
 
 BIG = 3 * 1024 * 1024 + 17  # over the small-file threshold: goes out with sendfile
-
-
-class ServerThread:
-    """A static server on its own event loop in a thread."""
-
-    def __init__(self, root: Path, options: StaticOptions | None = None) -> None:
-        self._root = root
-        self._options = options or StaticOptions()
-        self._ready = threading.Event()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.server: StaticServer | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import uvloop
-
-        loop = self.loop = uvloop.new_event_loop()
-
-        async def start() -> StaticServer:
-            return await open_static(
-                self._root, Endpoint(ip="127.0.0.1", port=0), options=self._options
-            )
-
-        self.server = loop.run_until_complete(start())
-        self._ready.set()
-        loop.run_forever()
-        loop.close()
-
-    def __enter__(self) -> ServerThread:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.loop is not None
-        assert self.server is not None
-        asyncio.run_coroutine_threadsafe(self.server.aclose(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        return self.server.address.port
-
-    def get(
-        self, path: str, headers: dict[str, str] | None = None, method: str = "GET"
-    ) -> tuple[int, dict[str, str], bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            connection.request(method, path, headers={"Host": "localhost", **(headers or {})})
-            response = connection.getresponse()
-            body = response.read()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, body
-        finally:
-            connection.close()
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +51,7 @@ def site(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(site):
-    with ServerThread(site) as running:
+    with StaticServerThread(site) as running:
         yield running
 
 
@@ -197,7 +139,7 @@ def test_listing_json(server):
 def test_listing_hides_links_out_of_the_root(server, site):
     _, _, body = server.get("/?format=json")  # index.html wins for "/" ...
     assert b"<h1>home</h1>" in body
-    with ServerThread(site, StaticOptions(index="none")) as other:  # ... unless there is none
+    with StaticServerThread(site, StaticOptions(index="none")) as other:  # ... unless there is none
         status, _, body = other.get("/?format=json")
     names = {e["name"] for e in json.loads(body)["entries"]}
     assert status == 200
@@ -324,7 +266,7 @@ def test_preconditions_412(server):
 
 def test_a_changed_file_is_served_fresh(tmp_path):
     (tmp_path / "f.txt").write_text("one")
-    with ServerThread(tmp_path) as running:
+    with StaticServerThread(tmp_path) as running:
         first = running.get("/f.txt")
         (tmp_path / "f.txt").write_text("two, longer")
         second = running.get("/f.txt")
@@ -339,7 +281,7 @@ def test_a_changed_file_is_served_fresh(tmp_path):
 def test_symlinks_out_are_404_unless_followed(server, site):
     assert server.get("/link_out")[0] == 404
     assert server.get("/link_in")[2] == b"0123456789abcdefghij"
-    with ServerThread(site, StaticOptions(follow_symlinks=True)) as following:
+    with StaticServerThread(site, StaticOptions(follow_symlinks=True)) as following:
         status, _, body = following.get("/link_out")
     assert (status, body) == (200, b"outside the root\n")
 
@@ -358,7 +300,9 @@ def test_host_allowlist_blocks_rebinding(server, site):
         status, _, body = server.get("/docs/a.txt", {"Host": host})
         assert status == 403, host
         assert b"0123456789" not in body
-    with ServerThread(site, StaticOptions(allow_hosts=("dev.test", "*.example.test"))) as other:
+    with StaticServerThread(
+        site, StaticOptions(allow_hosts=("dev.test", "*.example.test"))
+    ) as other:
         assert other.get("/docs/a.txt", {"Host": "dev.test:1"})[0] == 200
         assert other.get("/docs/a.txt", {"Host": "a.example.test"})[0] == 200
         assert other.get("/docs/a.txt", {"Host": "example.test"})[0] == 403
@@ -380,7 +324,7 @@ def test_absolute_form_authority_is_checked_too(server):
 
 
 def test_spa_fallback(site):
-    with ServerThread(site, StaticOptions(spa="index.html")) as spa:
+    with StaticServerThread(site, StaticOptions(spa="index.html")) as spa:
         status, _, body = spa.get("/app/route/42", {"Accept": "text/html"})
         assert status == 200
         assert b"<h1>home</h1>" in body
@@ -389,7 +333,7 @@ def test_spa_fallback(site):
 
 
 def test_cors(site):
-    with ServerThread(site, StaticOptions(cors="*")) as cors:
+    with StaticServerThread(site, StaticOptions(cors="*")) as cors:
         status, headers, _ = cors.get("/data.json", {"Origin": "http://other.localhost"})
         assert status == 200
         assert headers["access-control-allow-origin"] == "*"
@@ -427,7 +371,7 @@ def read_events(sock: socket.socket, want: bytes, deadline_s: float) -> bytes:
 
 def test_live_reload_sends_an_event_after_a_file_write(tmp_path):
     (tmp_path / "index.html").write_text("<html><body>v1</body></html>")
-    with ServerThread(tmp_path, StaticOptions(live_reload=True)) as live:
+    with StaticServerThread(tmp_path, StaticOptions(live_reload=True)) as live:
         status, headers, body = live.get("/index.html")
         assert status == 200
         assert LIVE_RELOAD_PATH.encode() in body

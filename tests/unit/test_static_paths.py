@@ -3,10 +3,8 @@ traversal corpus (tests/data/traversal.txt) sent raw to a real server on loopbac
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -14,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from portside.models import Endpoint
 from portside.net import static
-from portside.net.serve import StaticOptions, StaticServer, open_static
+from portside.net.serve import StaticOptions
+from tests.integration._servers import StaticServerThread
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "traversal.txt"
 MARKER = b"PORTSIDE-SECRET-7f3a9c"
@@ -173,50 +171,6 @@ def test_resolution_never_leaves_the_root(layout, segments, trailing):
 # -- the corpus against a real server -----------------------------------------------
 
 
-class ServerThread:
-    """A static server on its own event loop in a thread (the tests use plain sockets)."""
-
-    def __init__(self, root: Path, options: StaticOptions) -> None:
-        self._root = root
-        self._options = options
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.server: StaticServer | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import uvloop
-
-        loop = self._loop = uvloop.new_event_loop()
-
-        async def start() -> None:
-            self.server = await open_static(
-                self._root, Endpoint(ip="127.0.0.1", port=0), options=self._options
-            )
-
-        loop.run_until_complete(start())
-        self._ready.set()
-        loop.run_forever()
-        loop.close()
-
-    def __enter__(self) -> ServerThread:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._loop is not None
-        assert self.server is not None
-        asyncio.run_coroutine_threadsafe(self.server.aclose(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        return self.server.address.port
-
-
 def exchange(port: int, request: bytes, *, deadline_s: float = 5.0) -> bytes:
     """Send *request*; read until the server closes (it must, within the deadline)."""
     received = bytearray()
@@ -233,7 +187,7 @@ def exchange(port: int, request: bytes, *, deadline_s: float = 5.0) -> bytes:
 
 @pytest.fixture(scope="module")
 def server(layout):
-    with ServerThread(layout, StaticOptions()) as running:
+    with StaticServerThread(layout, StaticOptions()) as running:
         yield running
 
 
