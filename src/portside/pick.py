@@ -102,9 +102,6 @@ with methods_compiled_on_first_use():
         unprivileged_port_start: int
         registry_ports: frozenset[int] = frozenset()
 
-
-with methods_compiled_on_first_use():
-
     @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
     class Rejected:
         """A candidate that was looked at and passed over, and why."""
@@ -112,9 +109,6 @@ with methods_compiled_on_first_use():
         port: int
         reason: Rejection
         detail: str | None = None
-
-
-with methods_compiled_on_first_use():
 
     @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
     class PickExplanation:

@@ -108,17 +108,11 @@ with methods_compiled_on_first_use():
         reserved_ports: frozenset[int]
         unprivileged_port_start: int | None  # binding below needs CAP_NET_BIND_SERVICE
 
-
-with methods_compiled_on_first_use():
-
     @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
     class Service:
         name: str
         protocols: tuple[str, ...]
         description: str
-
-
-with methods_compiled_on_first_use():
 
     @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
     class PortFacts:

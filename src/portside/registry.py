@@ -211,9 +211,6 @@ with methods_compiled_on_first_use():
         start_token: str
         acquired: float
 
-
-with methods_compiled_on_first_use():
-
     @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
     class Reservation:
         """A name's port in a scope (``"global"`` or a project directory)."""
@@ -223,9 +220,6 @@ with methods_compiled_on_first_use():
         port: int
         created: float
         lease: Lease | None = None
-
-
-with methods_compiled_on_first_use():
 
     @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
     class RouteRecord:
@@ -241,9 +235,6 @@ with methods_compiled_on_first_use():
         start_token: str
         created: float
 
-
-with methods_compiled_on_first_use():
-
     @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
     class ProxyRecord:
         """A running ``portside proxy`` that follows the routes: where it listens."""
@@ -254,9 +245,6 @@ with methods_compiled_on_first_use():
         pid: int
         start_token: str
         started: float
-
-
-with methods_compiled_on_first_use():
 
     @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
     class ReserveResult:
