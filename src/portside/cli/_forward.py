@@ -181,13 +181,12 @@ def _started_line(forwarder: Forwarder) -> str:
 
 def _print_stats(stats: list[ForwardStats], *, as_json: bool, colour: bool) -> None:
     import json
-    import sys
 
     from portside.cli import _render as render
     from portside.models import json_document
 
     if as_json:
-        sys.stdout.write(json.dumps(json_document("forward-stats", {"forwards": stats})) + "\n")
+        render.write_all(json.dumps(json_document("forward-stats", {"forwards": stats})) + "\n")
         return
     for item in stats:
         listen = render.endpoint_text(item.listen.ip, item.listen.port)

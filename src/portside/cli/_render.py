@@ -34,6 +34,19 @@ def print_json(kind: str, payload: object) -> None:
         sys.stdout.write("\n")
 
 
+def write_all(text: str) -> None:
+    """Write *text* to stdout in full, going past partial writes.
+
+    After a uvloop run has ended, a blocking write to a pipe whose reader is slow can
+    return after 64 KiB, and sys.stdout then loses the rest silently (reproduced with a
+    bare ``uvloop.run``; the stock loop does not do it): big output written after a
+    server stops (``forward --stats``) goes through here."""
+    sys.stdout.flush()
+    data = memoryview(text.encode())
+    while data:
+        data = data[os.write(sys.stdout.fileno(), data) :]
+
+
 def use_colour(no_color: bool) -> bool:
     """Colour only on a terminal, never with ``--no-color`` or ``NO_COLOR`` set."""
     return not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
