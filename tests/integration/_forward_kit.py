@@ -175,9 +175,10 @@ class Backend:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def _accept_loop(self) -> None:
+        poller = select.poll()  # not select(): any descriptor number
+        poller.register(self.listener, select.POLLIN)
         while not self._stop.is_set():
-            ready, _, _ = select.select([self.listener], [], [], 0.05)
-            if not ready:
+            if not poller.poll(50):
                 continue
             try:
                 sock, _ = self.listener.accept()

@@ -877,7 +877,14 @@ def test_5000_idle_connections_then_descriptors_return_to_baseline(path: str) ->
             ]
             try:
                 wait_for(functools.partial(_accepted, target, through), what="all through")
-                wait_for(lambda: fwd.fd_count() >= baseline + 2 * held, what="held by forward")
+                wait_for(
+                    lambda: fwd.socket_count() == sockets + 2 * held,
+                    what=lambda: (
+                        f"{sockets + 2 * held} sockets in forward, not {fwd.socket_count()}"
+                    ),
+                )
+                # Idle connections cost their two sockets and nothing else (no pipe).
+                assert fwd.fd_count() - baseline == 2 * held
                 # Every one of them is still a working connection.
                 for sock in (clients[0], clients[held // 2], clients[-1]):
                     sock.sendall(b"?")  # still open: accepted for writing

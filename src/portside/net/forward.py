@@ -557,9 +557,11 @@ class _SpliceConnection(_Conn):
             return
         self.up.stop()
         self.down.stop()
+        # Forgotten first: the last connection empties the pipe pool before its sockets
+        # close, so whoever sees the sockets gone sees the pipes gone too.
+        self.finish(reason)
         for sock in (self.client_sock, self.upstream_sock):
             _reset(sock) if reset else sock.close()
-        self.finish(reason)
 
 
 class _Side(asyncio.Protocol):
