@@ -720,3 +720,77 @@ def test_the_facade_and_the_linux_path_import_nothing_heavy():
     for heavy in ("psutil", "asyncio", "rich"):
         assert heavy not in loaded
         assert heavy not in imported
+
+
+@pytest.mark.parametrize("readers", [2, 3])
+def test_forked_readers_find_what_one_reader_finds(readers, monkeypatch):
+    """The full scan shared out among forked readers: the same holders, each reader
+    reaped."""
+    from portside.sockets import _owners
+
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.create_server(("127.0.0.1", 0))) for _ in range(4)]
+        children = []
+        for shared in (sockets[:2], sockets[1:3]):  # socket 1 is in both children
+            child = subprocess.Popen(
+                [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                pass_fds=[s.fileno() for s in shared],
+            )
+            stack.callback(_stop, child)
+            assert child.stdout is not None
+            assert child.stdout.readline() == "ready\n"
+            children.append(child.pid)
+        inodes = [os.fstat(s.fileno()).st_ino for s in sockets]
+        links = _owners._links(inodes)
+        counted = _owners._fd_counts_supported()
+
+        monkeypatch.setattr(_owners, "_readers", lambda processes: 1)
+        alone = _owners._scan_every_process(_owners._pids(), links, counted)
+        monkeypatch.setattr(_owners, "_readers", lambda processes: readers)
+        shared_out = _owners._scan_every_process(_owners._pids(), links, counted)
+
+        me = os.getpid()
+        first, second = children
+        expected = {
+            inodes[0]: tuple(sorted((me, first))),
+            inodes[1]: tuple(sorted((me, first, second))),
+            inodes[2]: tuple(sorted((me, second))),
+            inodes[3]: (me,),
+        }
+        assert alone.holders == expected
+        assert shared_out.holders == expected
+        assert os.waitpid(-1, os.WNOHANG) == (0, 0)  # no reader left unreaped
+
+
+def test_one_reader_for_few_processes_or_a_threaded_caller():
+    import threading
+
+    from portside.sockets._owners import _readers
+
+    assert _readers(10) == 1
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert _readers(10_000) == 1  # a fork would copy only this thread
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_a_single_threaded_process_reads_with_one_reader_per_cpu():
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from portside.sockets._owners import _readers; print(_readers(10_000))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    cpus = len(os.sched_getaffinity(0))
+    assert int(done.stdout) == (min(cpus, 4) if cpus >= 2 else 1)

@@ -23,7 +23,10 @@ over unix sockets, inherited across setuid, or outlive a cgroup move). What narr
 can miss is a *further* holder outside the likely set when one inside was found (a
 socket passed to a process of another user or cgroup and still open in its creator); we
 accept that for a scan that reads a few processes instead of all of them. Sockets of
-root in the root cgroup cannot be narrowed: every process is read.
+root in the root cgroup cannot be narrowed: when one is wanted every process is read,
+for every wanted socket at once. Such a full scan is shared out among forked readers,
+one per CPU (up to four), on a machine with many processes: the reads are system calls
+and run in parallel, where threads would wait for each other's interpreter lock.
 """
 
 from __future__ import annotations
@@ -274,72 +277,56 @@ def scan_holders(wanted: Mapping[int, tuple[int | None, int | None]]) -> OwnerSc
 
     counted = _fd_counts_supported()
     pids = _pids()
-    if not narrowed:
+    if free or not narrowed:
+        # A socket nothing narrows is looked for in every process: every table is read
+        # anyway, for all of them at once (and in parallel where that pays).
         return _scan_every_process(pids, links, counted)
     complete: set[int] = set()
     skipped: set[int] = set()  # gone or unreadable
     reads = 0
     open_fds = _open_fds
-    fstat = os.fstat
     close = os.close
 
     # Groups narrowed by uid alone concern every process; the others, their cgroups' only.
     everyone = [g for g in narrowed if g[1] is None]
     by_cgroup = [(g[1], g) for g in narrowed if g[1] is not None]
-    free_count = len(free)
 
-    # Phase 1: each process is read for the un-narrowed inodes plus those whose
-    # narrowing it passes; the others wait for phase 2.
+    # Phase 1: each process is read for the inodes whose narrowing it passes; the others
+    # wait for phase 2.
     for pid in pids:
         groups = (
             everyone + [g for inside, g in by_cgroup if pid in inside] if by_cgroup else everyone
         )
-        if not free and not groups:
+        if not groups:
             continue  # in none of the cgroups: not even a stat
-        directory: int | None = None
-        if free:
-            # Every process is read: open its fd table right away (fstat tells the rest).
-            try:
-                directory = os.open(f"{_PROC}/{pid}/fd", _DIRECTORY_FLAGS)
-            except PermissionError:
-                pass  # another user's process: see below what its stat says
-            except OSError:
-                skipped.add(pid)
-                continue  # ended
-        if directory is not None:
-            status = fstat(directory)
-        else:
-            try:
-                status = os.stat(f"{_PROC}/{pid}/fd")  # owner: the process's uid
-            except OSError:
-                skipped.add(pid)
-                continue  # ended
         try:
-            owner = status.st_uid
-            extra = [inodes for uid, _cgroup, inodes in groups if uid is None or uid == owner]
-            if not free and not extra:
-                continue
-            count = status.st_size if counted else None
-            if count == 0:
-                complete.add(pid)  # no open fds: nothing to read
-                continue
-            if directory is None:
-                directory = open_fds(pid)
-                if directory is None:
-                    reads += 1
-                    skipped.add(pid)
-                    continue
+            status = os.stat(f"{_PROC}/{pid}/fd")  # owner: the process's uid
+        except OSError:
+            skipped.add(pid)
+            continue  # ended
+        owner = status.st_uid
+        extra = [inodes for uid, _cgroup, inodes in groups if uid is None or uid == owner]
+        if not extra:
+            continue
+        count = status.st_size if counted else None
+        if count == 0:
+            complete.add(pid)  # no open fds: nothing to read
+            continue
+        directory = open_fds(pid)
+        reads += 1
+        if directory is None:
+            skipped.add(pid)
+            continue
+        try:
             # The inodes this process is read for, when few enough to stop early on.
             relevant = (
-                [*free, *(inode for inodes in extra for inode in inodes)]
-                if free_count + sum(map(len, extra)) <= _EARLY_STOP_LIMIT
+                [inode for inodes in extra for inode in inodes]
+                if sum(map(len, extra)) <= _EARLY_STOP_LIMIT
                 else None
             )
-            reads += 1
             result = _read_fds(directory, count, links, relevant)
         finally:
-            if directory is not None:
-                close(directory)
+            close(directory)
         if result is None:
             skipped.add(pid)
             continue
@@ -376,10 +363,38 @@ def scan_holders(wanted: Mapping[int, tuple[int | None, int | None]]) -> OwnerSc
 
 def _scan_every_process(pids: list[int], links: Mapping[bytes, int], counted: bool) -> OwnerScan:
     """scan_holders when nothing narrows the search (as ``ss -p`` reads): every fd table
-    is read, each once, stopping early only in a table once every inode was found."""
-    holders: dict[int, tuple[int, ...]] = {}
+    is read, each once, stopping early only in a table once every inode was found. On a
+    machine with several CPUs and many processes the tables are shared out among forked
+    readers (:func:`_readers`): the reads are system calls, and they run in parallel."""
+    pids.sort()
+    readers = _readers(len(pids))
+    shares = [pids[index::readers] for index in range(readers)]
+    children = [_fork_reader(share, links, counted) for share in shares[1:]]
+    try:
+        found, reads = _read_tables(shares[0], links, counted)
+    except BaseException:
+        for child in children:
+            if child is not None:
+                _collect(child)  # reaped, not left behind
+        raise
+    for share, child in zip(shares[1:], children, strict=True):
+        theirs = _collect(child) if child is not None else None
+        if theirs is None:  # no fork, or the reader failed: read its share here
+            theirs = _read_tables(share, links, counted)
+        more, more_reads = theirs
+        reads += more_reads
+        for inode, holding in more.items():
+            found.setdefault(inode, []).extend(holding)
+    holders = {inode: tuple(sorted(holding)) for inode, holding in found.items()}
+    return OwnerScan(holders=holders, processes_read=reads, processes_seen=len(pids))
+
+
+def _read_tables(
+    pids: Sequence[int], links: Mapping[bytes, int], counted: bool
+) -> tuple[dict[int, list[int]], int]:
+    """(inode -> the pids among ``pids`` holding it, fd tables read)."""
+    holders: dict[int, list[int]] = {}
     reads = 0
-    pids.sort()  # so that each inode's holders come in order
     open_ = os.open
     fstat = os.fstat
     close = os.close
@@ -401,8 +416,98 @@ def _scan_every_process(pids: list[int], links: Mapping[bytes, int], counted: bo
         if result is not None:
             for inode in result[0]:
                 found = holders.get(inode)
-                holders[inode] = (pid,) if found is None else (*found, pid)
-    return OwnerScan(holders=holders, processes_read=reads, processes_seen=len(pids))
+                if found is None:
+                    holders[inode] = [pid]
+                else:
+                    found.append(pid)
+    return holders, reads
+
+
+# -- reading in parallel ---------------------------------------------------------------------
+
+#: Fewer processes than this are read by one reader: a fork would cost more than it saves.
+_PARALLEL_MIN_PROCESSES = 200
+_MAX_READERS = 4
+
+
+def _readers(processes: int) -> int:
+    """How many readers share out ``processes`` fd tables: one per CPU we may run on (at
+    most four, and at least 100 tables each), and one only when this process runs other
+    threads (a fork copies only the calling thread; what the others hold, locks among
+    it, would stay held in the child)."""
+    if processes < _PARALLEL_MIN_PROCESSES:
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+        threads = len(os.listdir(f"{_PROC}/self/task"))
+    except OSError:
+        return 1
+    if cpus < 2 or threads != 1:
+        return 1
+    return min(cpus, _MAX_READERS, processes // (_PARALLEL_MIN_PROCESSES // 2))
+
+
+_WORD = "q"  # the readers' answers: signed 64-bit words (fd tables read, then inode, pid…)
+
+
+def _fork_reader(
+    pids: Sequence[int], links: Mapping[bytes, int], counted: bool
+) -> tuple[int, int] | None:
+    """(child pid, read end of its pipe) of a forked process reading ``pids``' fd tables
+    and writing what it found into the pipe; None when no process could be forked."""
+    try:
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        child = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        return None
+    if child == 0:  # pragma: no cover -- the child (coverage does not follow a fork)
+        status = 1
+        try:
+            import array
+
+            os.close(read_end)
+            holders, reads = _read_tables(pids, links, counted)
+            words = array.array(_WORD, [reads])
+            for inode, holding in holders.items():
+                for pid in holding:
+                    words.append(inode)
+                    words.append(pid)
+            data = memoryview(words.tobytes())
+            while data:
+                data = data[os.write(write_end, data) :]
+            status = 0
+        finally:
+            os._exit(status)  # no exit handlers, no buffers flushed: they are the parent's
+    os.close(write_end)
+    return child, read_end
+
+
+def _collect(child: tuple[int, int]) -> tuple[dict[int, list[int]], int] | None:
+    """What a forked reader found, once it ended; None when it failed."""
+    import array
+
+    pid, read_end = child
+    chunks: list[bytes] = []
+    try:
+        while chunk := os.read(read_end, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
+        _, status = os.waitpid(pid, 0)
+    words = array.array(_WORD)
+    data = b"".join(chunks)
+    if status != 0 or not data or len(data) % words.itemsize:
+        return None
+    words.frombytes(data)
+    holders: dict[int, list[int]] = {}
+    for index in range(1, len(words) - 1, 2):
+        holders.setdefault(words[index], []).append(words[index + 1])
+    return holders, words[0]
 
 
 def _with_owners(
