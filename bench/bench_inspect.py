@@ -13,7 +13,7 @@ TCP and UDP socket on the port, in any state: ``who`` lists TIME_WAIT and establ
 sockets too, which costs a walk of the kernel's whole connection table, and more so on a
 machine with many connections),
 
-in two scenarios (``--scenario`` picks one; both by default):
+in three scenarios (``--scenario`` picks; all by default):
 
 * ``worst-case`` (the figures of record): every holder and sleeper runs as root in one
   cgroup, so no owner lookup can be narrowed: every fd table on the machine is read.
@@ -21,6 +21,9 @@ in two scenarios (``--scenario`` picks one; both by default):
   services run under their own users on a real machine), so the uid narrowing of the
   owner lookup applies to their sockets. The sleepers and the rest of the machine are
   unchanged; any root socket elsewhere still makes ``ls`` read every fd table.
+* ``holders-in-cgroups``: the holders run as root, each in a cgroup v2 group of its own
+  (as systemd services and containers do), made for the run under the cgroup2 mount and
+  removed afterwards; the cgroup narrowing of the owner lookup applies to their sockets.
 
 Fairness: the runs interleave (each round runs every command once, in a rotated order;
 3 warm-up rounds), every command runs as the same user against the same sockets, and a
@@ -33,10 +36,10 @@ run is reported beside them, as the machine may be shared.
 
 Every process it starts is ended by pid when it finishes. Results: medians and ratios on
 stdout and in bench/results/inspect.json (the worst case at the top level, as before, and
-both scenarios under ``scenarios``). Exit status 0 when every goal of the worst case is met.
+every scenario under ``scenarios``). Exit status 0 when every goal of the worst case is met.
 
     .venv/bin/python bench/bench_inspect.py [--runs 30] [--listeners 3000] [--processes 700]
-        [--scenario worst-case|holders-as-nobody]
+        [--scenario worst-case|holders-as-nobody|holders-in-cgroups]
 """
 
 from __future__ import annotations
@@ -70,7 +73,8 @@ sys.stdin.read()  # until the benchmark closes our stdin
 NOBODY = 65534
 WORST_CASE = "worst-case"
 AS_NOBODY = "holders-as-nobody"
-SCENARIOS = (WORST_CASE, AS_NOBODY)
+IN_CGROUPS = "holders-in-cgroups"
+SCENARIOS = (WORST_CASE, AS_NOBODY, IN_CGROUPS)
 
 
 def _become_nobody() -> None:
@@ -98,15 +102,38 @@ def _python_for_nobody() -> str:
     raise SystemExit("no Python interpreter that the user nobody may run")
 
 
+def _cgroup2_root() -> str | None:
+    """Where the cgroup v2 hierarchy's root is mounted (None: not mounted)."""
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            head, _, tail = line.partition(" - ")
+            fields = head.split()
+            if tail.startswith("cgroup2 ") and fields[3] == "/":
+                return fields[4]
+    return None
+
+
+def _enter_cgroup(directory: str) -> Callable[[], None]:
+    def enter() -> None:
+        with open(f"{directory}/cgroup.procs", "w") as handle:
+            handle.write(str(os.getpid()))
+
+    return enter
+
+
 def start_holders(
-    listeners: int, workers: int, *, as_nobody: bool = False
+    listeners: int, workers: int, *, as_nobody: bool = False, cgroups: list[str] | None = None
 ) -> tuple[list[subprocess.Popen[str]], int]:
+    """Holders of ``listeners`` listeners; with ``cgroups`` (a directory per worker), each
+    moves into its own before it makes a socket (a socket's cgroup is its creator's)."""
     per_worker = -(-listeners // workers)
     procs: list[subprocess.Popen[str]] = []
     first_port = 0
     python = _python_for_nobody() if as_nobody else sys.executable
-    preexec: Callable[[], None] | None = _become_nobody if as_nobody else None
-    for _ in range(workers):
+    for index in range(workers):
+        preexec: Callable[[], None] | None = _become_nobody if as_nobody else None
+        if cgroups is not None:
+            preexec = _enter_cgroup(cgroups[index])
         proc = subprocess.Popen(
             [python, "-c", HOLDER, str(per_worker)],
             stdin=subprocess.PIPE,
@@ -261,10 +288,27 @@ def _time_wait_sockets() -> int:
     return 0
 
 
+def _make_cgroups(workers: int) -> list[str]:
+    """A cgroup per holder, under one made for this run (removed by run_scenario)."""
+    root = _cgroup2_root()
+    if root is None:
+        raise SystemExit(f"{IN_CGROUPS} needs a cgroup v2 mount")
+    parent = f"{root}/portside-bench-{os.getpid()}"
+    os.mkdir(parent)
+    made = []
+    for index in range(workers):
+        os.mkdir(f"{parent}/holder-{index}")
+        made.append(f"{parent}/holder-{index}")
+    return made
+
+
 def run_scenario(name: str, options: argparse.Namespace) -> dict[str, object]:
     portside = str(BIN / "portside")
     python = str(BIN / "python")
-    holders, port = start_holders(options.listeners, options.workers, as_nobody=name == AS_NOBODY)
+    cgroups = _make_cgroups(options.workers) if name == IN_CGROUPS else None
+    holders, port = start_holders(
+        options.listeners, options.workers, as_nobody=name == AS_NOBODY, cgroups=cgroups
+    )
     sleepers = start_sleepers(options.processes)
     try:
         total_procs = sum(1 for name in os.listdir("/proc") if name.isdigit())
@@ -296,6 +340,10 @@ def run_scenario(name: str, options: argparse.Namespace) -> dict[str, object]:
             )
     finally:
         stop(holders, sleepers)
+        if cgroups:
+            for directory in cgroups:
+                os.rmdir(directory)
+            os.rmdir(os.path.dirname(cgroups[0]))
     pairs = {
         "ls_vs_ss": ("portside ls --json", "ss -tlnpH", 1.0),
         "who_vs_ss_filtered": ("portside who --json", "ss -tlnpH sport", 0.7),
@@ -310,6 +358,7 @@ def run_scenario(name: str, options: argparse.Namespace) -> dict[str, object]:
     cpu = {name: times["cpu"] for name, times in medians.items()}
     return {
         "holders": "nobody" if name == AS_NOBODY else "root",
+        "holders_in_own_cgroups": name == IN_CGROUPS,
         "machine": {
             "listeners": listening,
             "processes": total_procs,
@@ -354,6 +403,9 @@ def main() -> int:
     if AS_NOBODY in chosen and os.geteuid() != 0:
         print(f"{AS_NOBODY} needs root (to start processes as nobody): skipped", file=sys.stderr)
         chosen.remove(AS_NOBODY)
+    if IN_CGROUPS in chosen and (os.geteuid() != 0 or _cgroup2_root() is None):
+        print(f"{IN_CGROUPS} needs root and a cgroup v2 mount: skipped", file=sys.stderr)
+        chosen.remove(IN_CGROUPS)
     scenarios = {name: run_scenario(name, options) for name in chosen}
     report: dict[str, object] = dict(scenarios.get(WORST_CASE, {}))
     report.pop("holders", None)
