@@ -4,9 +4,10 @@ Start-up is a feature of portside's commands, and defining dataclasses costs twi
 ``dataclasses`` module imports ``inspect`` (and with it ``ast``, ``dis``, ``tokenize``) and
 ``copy``, and every class compiles the source of each method it generates. Here:
 
-* ``dataclasses`` is imported with stand-ins for ``inspect`` and ``copy``: it needs
-  ``inspect`` only to write a docstring for a class that has none, and ``copy`` only in
-  ``asdict``/``astuple``; both are imported for real the first time they are used.
+* ``dataclasses`` is imported with stand-ins for ``inspect``, ``copy`` and ``re``: it
+  needs ``inspect`` only to write a docstring for a class that has none, ``copy`` only in
+  ``asdict``/``astuple``, and ``re`` for one pattern (matched here in Python); each is
+  imported for real the first time anything else is asked of it.
 * :class:`methods_compiled_on_first_use` defers compiling every generated method but
   ``__init__`` to its first call.
 
@@ -125,6 +126,65 @@ def _plain_annotation(annotation: Any) -> str | None:
     return None
 
 
+#: The one pattern dataclasses compiles at import (``_MODULE_IDENTIFIER_RE``): it matches
+#: the string annotations of every field, looking for ``ClassVar``/``InitVar``.
+_MODULE_IDENTIFIER = r"^(?:\s*(\w+)\s*\.)?\s*(\w+)"
+
+
+class _ReStandIn(_ImportedOnUse):
+    """``re`` for dataclasses, whose only use of it is :data:`_MODULE_IDENTIFIER`; that
+    pattern is matched here in Python, anything else asks the real module."""
+
+    def compile(self, pattern: Any, flags: Any = 0) -> Any:
+        if pattern == _MODULE_IDENTIFIER and not flags:
+            return _ModuleIdentifierPattern()
+        return self.__getattr__("compile")(pattern, flags)
+
+
+class _ModuleIdentifierMatch:
+    """What dataclasses reads of a match: ``group(1)``, ``group(2)``."""
+
+    __slots__ = ("_groups",)
+
+    def __init__(self, module: str | None, name: str) -> None:
+        self._groups = (None, module, name)
+
+    def group(self, index: int) -> str | None:
+        return self._groups[index]
+
+
+class _ModuleIdentifierPattern:
+    """``re.compile(_MODULE_IDENTIFIER)``: an optional ``module.`` and a name at the
+    start, spaces allowed around both (``\\w`` and ``\\s`` as re has them for text)."""
+
+    __slots__ = ()
+
+    def match(self, text: str) -> _ModuleIdentifierMatch | None:
+        start = _skip_spaces(text, 0)
+        end = _skip_word(text, start)
+        if end == start:
+            return None
+        dot = _skip_spaces(text, end)
+        if dot < len(text) and text[dot] == ".":
+            name_start = _skip_spaces(text, dot + 1)
+            name_end = _skip_word(text, name_start)
+            if name_end > name_start:
+                return _ModuleIdentifierMatch(text[start:end], text[name_start:name_end])
+        return _ModuleIdentifierMatch(None, text[start:end])
+
+
+def _skip_spaces(text: str, index: int) -> int:
+    while index < len(text) and text[index].isspace():
+        index += 1
+    return index
+
+
+def _skip_word(text: str, index: int) -> int:
+    while index < len(text) and (text[index].isalnum() or text[index] == "_"):
+        index += 1
+    return index
+
+
 def _import_dataclasses() -> types.ModuleType:
     if "dataclasses" in sys.modules:
         return sys.modules["dataclasses"]
@@ -133,6 +193,8 @@ def _import_dataclasses() -> types.ModuleType:
         standins["inspect"] = _InspectStandIn("inspect")
     if "copy" not in sys.modules:
         standins["copy"] = _ImportedOnUse("copy")
+    if "re" not in sys.modules:
+        standins["re"] = _ReStandIn("re")
     sys.modules.update(standins)
     try:
         import dataclasses

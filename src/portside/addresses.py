@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import re
 
 from portside.errors import TargetError
 from portside.models import Exposure, methods_compiled_on_first_use
@@ -20,9 +19,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ipaddress
 
-# ipaddress is imported by the functions that parse addresses (not at import: a port
-# number alone, ``portside who 3000``, needs none of it), and the patterns are compiled
-# (and cached by re) the first time they are used.
+# ipaddress and re are imported by the functions that parse addresses (not at import: a
+# port number alone, ``portside who 3000``, needs neither), and the patterns are
+# compiled (and cached by re) the first time they are used.
 
 #: Default ports of the URL schemes portside understands.
 DEFAULT_PORTS: dict[str, int] = {
@@ -114,6 +113,8 @@ def _parse_host(host: str, original: str) -> tuple[str, HostKind]:
         return ip, HostKind.IP
     name = host.rstrip(".").lower()
     labels = name.split(".")
+    import re
+
     if not name or not all(re.match(_HOSTNAME_LABEL, label) for label in labels):
         raise TargetError(original, f"{host!r} is neither an IP address nor a host name")
     if all(label.isdigit() for label in labels):
@@ -156,7 +157,11 @@ def parse_target(text: str, *, require_port: bool = False) -> Target:
         raise TargetError(original, f"empty address; {_FORMAT_HINT}")
     scheme: str | None = None
     path: str | None = None
-    match = re.match(_SCHEME, text) if "://" in text else None
+    match = None
+    if "://" in text:
+        import re
+
+        match = re.match(_SCHEME, text)
     if match:
         scheme = match.group(1).lower()
         if scheme not in DEFAULT_PORTS:

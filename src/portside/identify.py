@@ -56,7 +56,6 @@ process cwd; else the directory that holds the ``node_modules`` the tool runs fr
 from __future__ import annotations
 
 import posixpath
-import re
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 
@@ -64,6 +63,7 @@ from portside.models import Identity, ProcessInfo
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import re
     from typing import NamedTuple, TypeVar
 
     _T = TypeVar("_T")
@@ -85,8 +85,14 @@ class _Pattern:
     def match(self, text: str) -> re.Match[str] | None:
         compiled = self._compiled
         if compiled is None:
+            import re  # here: most listings never need a pattern, and re costs milliseconds
+
             compiled = self._compiled = re.compile(self._source, self._flags)
         return compiled.match(text)
+
+
+#: re.IGNORECASE, without importing re.
+_IGNORECASE = 2
 
 
 #: Look no further than this many arguments: a real command line is far shorter.
@@ -107,8 +113,8 @@ def _port(text: str) -> int | None:
 
 
 def _basename(path: str) -> str:
-    parts = re.split(r"[\\/]+", path.rstrip("\\/"))
-    return parts[-1] if parts else ""
+    """The last component of a POSIX or Windows path (``C:\\bin\\node.exe`` -> ``node.exe``)."""
+    return path.rstrip("\\/").replace("\\", "/").rpartition("/")[2]
 
 
 def _prog(word: str) -> str:
@@ -124,7 +130,14 @@ def _hostport(host: str, port: str) -> str:
 
 
 def _is_windows_path(path: str) -> bool:
-    return "\\" in path or bool(re.match(r"^[A-Za-z]:[\\/]", path))
+    # A backslash, or a drive letter: ``C:/…``.
+    return "\\" in path or (
+        len(path) >= 3
+        and path[0].isascii()
+        and path[0].isalpha()
+        and path[1] == ":"
+        and path[2] in "\\/"
+    )
 
 
 def _resolve_dir(cwd: str | None, path: str | None) -> str | None:
@@ -238,7 +251,7 @@ def _default_project(cmd: _Cmd, explicit: str | None = None) -> str | None:
     if cmd.cwd:
         return cmd.cwd
     if cmd.script:
-        parts = re.split(r"[\\/]", cmd.script)
+        parts = cmd.script.replace("\\", "/").split("/")
         if "node_modules" in parts:
             head = parts[: parts.index("node_modules")]
             # <prefix>/lib/node_modules, …/npm/node_modules, the npx cache: a global
@@ -286,7 +299,7 @@ def _script_prog(path: str) -> str:
         return f"{base}-script"  # `node ssh.js` is not ssh
     if base in _HANDLERS:
         return base
-    parts = [p for p in re.split(r"[\\/]+", path) if p]
+    parts = [p for p in path.replace("\\", "/").split("/") if p]
     indexes = [i for i, part in enumerate(parts) if part == "node_modules"]
     if indexes and indexes[-1] + 1 < len(parts):
         i = indexes[-1]
@@ -546,9 +559,12 @@ def _rootlessport(cmd: _Cmd, local_port: int | None) -> Identity:
     return Identity(kind="podman-rootlessport", label="podman rootless port forwarder")
 
 
+_SLIRP_API = _Pattern(r"([0-9a-f]{12,64})\.net$")
+
+
 def _slirp4netns(cmd: _Cmd, local_port: int | None) -> Identity:
     api = _option(cmd.args, "--api-socket", "-a") or ""
-    found = re.match(r"^([0-9a-f]{12,64})\.net$", _basename(api))
+    found = _SLIRP_API.match(_basename(api))
     return Identity(
         kind="podman-slirp4netns",
         label="slirp4netns user-mode network",
@@ -707,10 +723,13 @@ def _ssh_options(args: Sequence[str]) -> tuple[list[tuple[str, str]], str | None
     return options, destination
 
 
+_SSH_KEYWORD = _Pattern(r"[A-Za-z]+")
+
+
 def _ssh_config_option(text: str) -> tuple[str, str]:
     """``"LocalForward=8080 host:80"`` -> ("localforward", "8080:host:80")."""
     text = text.strip()
-    found = re.match(r"[A-Za-z]+", text)
+    found = _SSH_KEYWORD.match(text)
     if found is None:
         return "", ""
     rest = text[found.end() :].lstrip()
@@ -833,7 +852,7 @@ def _qemu_options(text: str) -> list[tuple[str, str]]:
 
 _HOSTFWD = _Pattern(
     r"^(?:(?:tcp|udp)?:)?(\[[^\]]*\]|[^:\[\]]*):(\d{1,5})-(\[[^\]]*\]|[^:\[\]]*):(\d{1,5})$",
-    re.IGNORECASE,
+    _IGNORECASE,
 )
 
 
@@ -894,14 +913,14 @@ _SOCAT_VALUE_OPTS = frozenset({"-b", "-t", "-T", "-lf", "-lp", "-L", "-W", "-r",
 _SOCAT_LISTEN = _Pattern(
     r"^(TCP[46]?|UDP[46]?|SCTP[46]?|OPENSSL|SSL|DTLS|OPENSSL-DTLS|UNIX|ABSTRACT|VSOCK)-"
     r"(LISTEN|L|RECVFROM|RECV)$",
-    re.IGNORECASE,
+    _IGNORECASE,
 )
 _SOCAT_HOSTPORT = _Pattern(
     r"^(TCP[46]?|UDP[46]?|SCTP[46]?)(-CONNECT|-SENDTO)?$|^(OPENSSL|SSL|DTLS|OPENSSL-DTLS-CLIENT"
     r"|OPENSSL-CONNECT|VSOCK|VSOCK-CONNECT)$",
-    re.IGNORECASE,
+    _IGNORECASE,
 )
-_SOCAT_VIA = _Pattern(r"^(PROXY|PROXY-CONNECT|SOCKS4A?|SOCKS5|SOCKS5-CONNECT)$", re.IGNORECASE)
+_SOCAT_VIA = _Pattern(r"^(PROXY|PROXY-CONNECT|SOCKS4A?|SOCKS5|SOCKS5-CONNECT)$", _IGNORECASE)
 
 
 def _socat_target(address: str) -> str:
@@ -1141,7 +1160,8 @@ _BUN_NOT_SERVING = frozenset(
     {"install", "i", "add", "a", "remove", "rm", "update", "link", "unlink", "pm", "build"}
     | {"init", "create", "c", "upgrade", "test", "publish", "outdated", "patch", "audit"}
 )
-_DEV_SCRIPT = _Pattern(r"^(dev|develop|serve|server|start|preview|watch)\b", re.IGNORECASE)
+_JS_SOURCE = _Pattern(r"(?s).*\.(m|c)?[jt]sx?$")  # app.js, server.mts, index.tsx …
+_DEV_SCRIPT = _Pattern(r"^(dev|develop|serve|server|start|preview|watch)\b", _IGNORECASE)
 
 
 def _bun(cmd: _Cmd, local_port: int | None) -> Identity | None:
@@ -1152,7 +1172,7 @@ def _bun(cmd: _Cmd, local_port: int | None) -> Identity | None:
         return None
     first = words[0]
     directory = _option(cmd.args, "--cwd")
-    if re.search(r"\.(m|c)?[jt]sx?$", first) or "/" in first or "\\" in first:
+    if _JS_SOURCE.match(first) or "/" in first or "\\" in first:
         return Identity(
             kind="dev-server",
             label=f"Bun app {_basename(first)}",
