@@ -265,7 +265,30 @@ def _default_project(cmd: _Cmd, explicit: str | None = None) -> str | None:
 
 # --------------------------------------------------------------------------- launchers
 
-_PYTHON = _Pattern(r"^(python|pythonw|pypy)(\d+(\.\d+)*)?[a-z]?$|^py$")
+#: What names a Python interpreter: ``^(python|pythonw|pypy)(\d+(\.\d+)*)?[a-z]?$|^py$``,
+#: matched without re by :func:`_is_python` (it is asked of every process listed).
+_PYTHON_STEMS = ("pythonw", "python", "pypy")
+
+
+def _is_python(prog: str) -> bool:
+    """``python``, ``python3``, ``python3.13t``, ``pythonw``, ``pypy3``, ``py`` …"""
+    if prog.endswith("\n"):
+        prog = prog[:-1]  # as re's $ allows one newline at the end
+    if prog == "py":
+        return True
+    for stem in _PYTHON_STEMS:
+        if prog.startswith(stem) and _is_version_suffix(prog[len(stem) :]):
+            return True
+    return False
+
+
+def _is_version_suffix(rest: str) -> bool:
+    r"""``(\d+(\.\d+)*)?[a-z]?`` in full: ``""``, ``"3"``, ``"3.13t"``, ``"w"`` …"""
+    if rest and "a" <= rest[-1] <= "z":
+        rest = rest[:-1]
+    return not rest or all(part.isdecimal() for part in rest.split("."))
+
+
 _NODE_LIKE = frozenset({"node", "nodejs", "tsx", "ts-node", "ts-node-dev", "node-dev", "nodemon"})
 _NODE_VALUE_OPTS = frozenset(
     {"-r", "--require", "--loader", "--experimental-loader", "--import", "--input-type"}
@@ -524,7 +547,7 @@ def _resolve(argv: Sequence[str], cwd: str | None) -> _Cmd:
     cmd = _Cmd(prog=_prog(argv[0]), args=tuple(argv[1:]), cwd=cwd)
     for _ in range(_MAX_UNWRAP):
         unwrap = _LAUNCHERS.get(cmd.prog)
-        if unwrap is None and _PYTHON.match(cmd.prog):
+        if unwrap is None and _is_python(cmd.prog):
             unwrap = _unwrap_python
         nested = unwrap(cmd) if unwrap is not None else None
         if nested is None:

@@ -157,3 +157,24 @@ def test_docker_proxy_target_is_the_container_address(
     expected = f"[{text}]:{container_port}" if ":" in text else f"{text}:{container_port}"
     assert found is not None
     assert found.target == expected
+
+
+PYTHON_NAME = re.compile(r"^(python|pythonw|pypy)(\d+(\.\d+)*)?[a-z]?$|^py$")
+
+
+@given(
+    st.sampled_from(["python", "pythonw", "pypy", "py", "pyth", ""]).flatmap(
+        lambda stem: st.text(alphabet="0123456789.twxz\n٣Z-", max_size=8).map(stem.__add__)
+    )
+    | st.text(max_size=12)
+)
+@example("python3.13t")
+@example("pythonw3")
+@example("python\n")
+@example("python3.")
+@example("py3")
+def test_a_python_interpreter_is_named_as_the_pattern_says(prog: str) -> None:
+    """_is_python is the pattern it replaced (re is not imported for every listing)."""
+    from portside.identify import _is_python
+
+    assert _is_python(prog) == bool(PYTHON_NAME.match(prog))
