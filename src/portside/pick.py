@@ -22,10 +22,12 @@ A port is handed out when it is, in this order:
 
 from __future__ import annotations
 
+# _socket, not socket: socket.py builds four enums and imports selectors (~15 ms of
+# pick's start-up) for nothing this module uses.
+import _socket
 import enum
 import errno
 import os
-import socket
 import sys
 from collections.abc import Iterable, Iterator
 
@@ -250,7 +252,7 @@ with methods_compiled_on_first_use():
 
         port: int
         rejection: Rejected | None
-        sockets: list[socket.socket]
+        sockets: list[_socket.socket]
 
         def close(self) -> None:
             for sock in self.sockets:
@@ -258,21 +260,26 @@ with methods_compiled_on_first_use():
             self.sockets.clear()
 
 
-_LOOPBACKS: tuple[tuple[socket.AddressFamily, str], ...] = (
-    (socket.AF_INET, "127.0.0.1"),
-    (socket.AF_INET6, "::1"),
+_LOOPBACKS: tuple[tuple[int, str], ...] = (
+    (_socket.AF_INET, "127.0.0.1"),
+    (_socket.AF_INET6, "::1"),
 )
 
 
 def ipv6_loopback_available() -> bool:
     """Whether [::1] can be bound here (no IPv6, or ``lo`` without ::1, says no)."""
-    if not socket.has_ipv6:
+    if not _socket.has_ipv6:
         return False
     try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
+        probe = _socket.socket(_socket.AF_INET6, _socket.SOCK_STREAM)
     except OSError:
         return False
+    try:
+        probe.bind(("::1", 0))
+    except OSError:
+        return False
+    finally:
+        probe.close()
     return True
 
 
@@ -283,13 +290,13 @@ def bind_check(port: int, *, udp: bool = False, ipv6: bool = True) -> BindResult
     Resource handling: on failure every socket is closed before returning; on success
     the caller closes them (:meth:`BindResult.close`).
     """
-    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
-    held: list[socket.socket] = []
+    kind = _socket.SOCK_DGRAM if udp else _socket.SOCK_STREAM
+    held: list[_socket.socket] = []
     for family, host in _LOOPBACKS if ipv6 else _LOOPBACKS[:1]:
-        sock = socket.socket(family, kind)
+        sock = _socket.socket(family, kind)
         try:
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if family == _socket.AF_INET6:
+                sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 1)
             sock.bind((host, port))
         except OSError as exc:
             sock.close()
@@ -297,7 +304,7 @@ def bind_check(port: int, *, udp: bool = False, ipv6: bool = True) -> BindResult
                 other.close()
             if exc.errno == errno.EADDRINUSE:
                 reason = (
-                    Rejection.IN_USE_IPV6 if family == socket.AF_INET6 else Rejection.IN_USE_IPV4
+                    Rejection.IN_USE_IPV6 if family == _socket.AF_INET6 else Rejection.IN_USE_IPV4
                 )
                 return BindResult(
                     port=port,
