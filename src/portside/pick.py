@@ -64,6 +64,10 @@ __all__ = [
 #: Overrides the directory of portside's state (the registry file).
 HOME_ENV = "PORTSIDE_HOME"
 REGISTRY_FILE_NAME = "registry.sqlite3"
+#: The registry file's ``PRAGMA application_id`` ("PSRG") and the schema version this
+#: portside writes (``PRAGMA user_version``; :data:`portside.registry.MIGRATIONS`).
+REGISTRY_APPLICATION_ID = 0x50535247
+REGISTRY_SCHEMA_VERSION = 2
 DEFAULT_RANGE: tuple[int, int] = (10000, 65535)
 #: The IANA dynamic range: the ephemeral range of macOS and Windows, assumed when the OS
 #: does not report its own.
@@ -377,9 +381,51 @@ def _registry_ports(registry: Registry | None) -> frozenset[int]:
             return frozenset()
     except OSError:
         return frozenset()  # no registry yet: picking never creates one
+    peeked = _peek_registry_ports(registry_file())
+    if peeked is not None:
+        return peeked
     from portside.registry import default_registry_ports
 
     return default_registry_ports()
+
+
+def _peek_registry_ports(path: str) -> frozenset[int] | None:
+    """What :meth:`Registry.taken_ports` says of the registry at ``path``, read with
+    SQLite's C module alone (``sqlite3``'s Python half imports datetime, and the registry
+    module is the rest of the cost of a ``pick`` with a registry). None whenever the file
+    is not exactly the current schema of ours, or anything fails: then the registry is
+    opened properly (which migrates, or says what is wrong)."""
+    try:
+        import _sqlite3
+    except ImportError:
+        return None
+    uri = path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+    try:
+        # mode=rw: never creates the file (it may have gone since it was seen).
+        db = _sqlite3.connect(f"file:{uri}?mode=rw", uri=True, timeout=30.0)
+    except _sqlite3.Error:
+        return None
+    try:
+        db.isolation_level = None
+        db.execute("BEGIN")  # one snapshot for the reads below
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if (app_id, version) != (REGISTRY_APPLICATION_ID, REGISTRY_SCHEMA_VERSION):
+            return None
+        reserved = {int(row[0]) for row in db.execute("SELECT port FROM reservations")}
+        leases = db.execute("SELECT port, pid, start_token FROM leases").fetchall()
+        db.execute("COMMIT")
+    except _sqlite3.Error:
+        return None
+    finally:
+        db.close()
+    if leases:
+        from portside.registry import process_start_token
+
+        reserved.update(
+            int(port) for port, pid, token in leases if process_start_token(int(pid)) == token
+        )
+    return frozenset(reserved)
 
 
 def explain_pick(

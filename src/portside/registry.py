@@ -47,6 +47,7 @@ from portside.errors import BackendError, PortsideError, UsageError
 from portside.pick import (
     HOME_ENV,
     MAX_ATTEMPTS,
+    REGISTRY_APPLICATION_ID,
     NoFreePortError,
     PickPolicy,
     bind_check,
@@ -94,7 +95,7 @@ __all__ = [
 
 GLOBAL_SCOPE = "global"
 #: ``PRAGMA application_id``: "PSRG" (portside registry) in ASCII.
-APPLICATION_ID = 0x50535247
+APPLICATION_ID = REGISTRY_APPLICATION_ID
 #: Seconds to wait for another process's write transaction.
 BUSY_TIMEOUT = 30.0
 _SQLITE_MAGIC = b"SQLite format 3\x00"

@@ -350,3 +350,77 @@ def test_the_default_location_is_platformdirs_state_dir(monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", "/tmp/ps-xdg-state")
     expected = Path(platformdirs.user_state_dir("portside", appauthor=False)) / "registry.sqlite3"
     assert registry_path() == expected == Path("/tmp/ps-xdg-state/portside/registry.sqlite3")
+
+
+# -- pick's read of the registry (SQLite's C module, without the registry module) ----------
+
+
+def test_the_schema_version_pick_reads_is_the_registry_s():
+    from portside.pick import REGISTRY_APPLICATION_ID, REGISTRY_SCHEMA_VERSION
+
+    assert (APPLICATION_ID, len(MIGRATIONS)) == (REGISTRY_APPLICATION_ID, REGISTRY_SCHEMA_VERSION)
+
+
+def test_pick_s_peek_sees_what_taken_ports_sees(registry):
+    """Reservations, a live lease and a dead one (an ended process)."""
+    from portside.pick import _peek_registry_ports
+
+    reserved = registry.reserve("kept", scope=GLOBAL_SCOPE).reservation.port
+    live_port = registry.reserve("live", scope=GLOBAL_SCOPE).reservation.port
+    registry.release("live", scope=GLOBAL_SCOPE)
+    dead = _sleeper()
+    _close(dead)
+    dead.wait()
+    alive = _sleeper()
+    try:
+        registry.lease(live_port, pid=alive.pid)
+        with sqlite3.connect(registry.path) as raw:
+            raw.execute(
+                "INSERT INTO leases (port, pid, start_token, acquired) VALUES (?, ?, ?, 0)",
+                (23998, dead.pid, "ticks:1"),
+            )
+        raw.close()
+        expected = registry.taken_ports()
+        assert expected == {reserved, live_port}
+        assert _peek_registry_ports(str(registry.path)) == expected
+    finally:
+        _close(alive)
+        alive.wait()
+    assert _peek_registry_ports(str(registry.path)) == {reserved}
+
+
+def test_pick_s_peek_leaves_anything_unexpected_to_the_registry(home):
+    from portside.pick import _peek_registry_ports
+
+    path = home / "registry.sqlite3"
+    home.mkdir()
+    assert _peek_registry_ports(str(path)) is None
+    assert not path.exists()  # looking never creates it
+    path.write_text("not a database\n")
+    assert _peek_registry_ports(str(path)) is None
+    path.unlink()
+    with sqlite3.connect(path) as raw:
+        raw.execute("CREATE TABLE other (x)")
+    raw.close()
+    assert _peek_registry_ports(str(path)) is None  # another program's database
+    path.unlink()
+    Registry.open(path, migrations=MIGRATIONS[:1]).close()
+    assert _peek_registry_ports(str(path)) is None  # an older schema: migrated by open
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1  # not by the peek
+    raw.close()
+
+
+def test_pick_avoids_reserved_ports_through_the_peek(home, capsys):
+    """``portside pick --range`` of two ports, one reserved: the other is picked."""
+    with Registry.open() as opened:
+        taken = opened.reserve("held", scope=GLOBAL_SCOPE).reservation.port
+    free = taken + 1 if taken < 65535 else taken - 1
+    low, high = min(taken, free), max(taken, free)
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", free))
+        except OSError:
+            pytest.skip(f"port {free} is in use here")
+    assert portside(["pick", "--range", f"{low}-{high}"]) == 0
+    assert capsys.readouterr().out.strip() == str(free)
