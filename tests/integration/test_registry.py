@@ -386,7 +386,7 @@ def test_pick_s_peek_sees_what_taken_ports_sees(registry):
     finally:
         _close(alive)
         alive.wait()
-    assert _peek_registry_ports(str(registry.path)) == {reserved}
+    assert _peek_registry_ports(str(registry.path)) == frozenset({reserved})
 
 
 def test_pick_s_peek_leaves_anything_unexpected_to_the_registry(home):
