@@ -188,15 +188,14 @@ def _print_stats(stats: list[ForwardStats], *, as_json: bool, colour: bool) -> N
     if as_json:
         render.write_all(json.dumps(json_document("forward-stats", {"forwards": stats})) + "\n")
         return
+    lines: list[str] = []  # without colour: written at once, past partial writes
     for item in stats:
         listen = render.endpoint_text(item.listen.ip, item.listen.port)
-        render.print_lines(
-            [
-                f"{item.name} {listen} -> {item.target}: {item.accepted} connections"
-                f" ({item.refused} refused, {item.failed} failed),"
-                f" up {item.bytes_up} bytes, down {item.bytes_down} bytes"
-                + (f"; last error: {item.last_error}" if item.last_error else "")
-            ]
+        summary = (
+            f"{item.name} {listen} -> {item.target}: {item.accepted} connections"
+            f" ({item.refused} refused, {item.failed} failed),"
+            f" up {item.bytes_up} bytes, down {item.bytes_down} bytes"
+            + (f"; last error: {item.last_error}" if item.last_error else "")
         )
         rows = [
             [
@@ -209,9 +208,17 @@ def _print_stats(stats: list[ForwardStats], *, as_json: bool, colour: bool) -> N
             ]
             for c in item.connections
         ]
+        headers = ["id", "client", "duration", "up", "down", "end"]
+        if colour:
+            render.print_lines([summary])
+            if rows:
+                render.print_table(None, headers, rows, colour=True)
+            continue
+        lines.append(summary)
         if rows:
-            headers = ["id", "client", "duration", "up", "down", "end"]
-            render.print_table(None, headers, rows, colour=colour)
+            lines.extend(render.table_lines(None, headers, rows))
+    if lines:
+        render.write_all("".join(f"{line}\n" for line in lines))
 
 
 def run_forward(options: argparse.Namespace) -> int:

@@ -67,6 +67,11 @@ def print_table(title: str | None, headers: Row, rows: Sequence[Row], *, colour:
             table.add_row(*row)
         Console().print(table)
         return
+    sys.stdout.write("".join(f"{line}\n" for line in table_lines(title, headers, rows)))
+
+
+def table_lines(title: str | None, headers: Row, rows: Sequence[Row]) -> list[str]:
+    """The plain table: aligned columns, the title (if any) above."""
     lines = []
     if title:
         lines.append(title)
@@ -74,7 +79,7 @@ def print_table(title: str | None, headers: Row, rows: Sequence[Row], *, colour:
     for row in (headers, *rows):
         cells = [str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)]
         lines.append("  ".join(cells).rstrip())
-    sys.stdout.write("\n".join(lines) + "\n")
+    return lines
 
 
 def print_lines(lines: Sequence[str]) -> None:
