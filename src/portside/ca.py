@@ -414,28 +414,61 @@ def add_to_system_store(
             "`portside ca trust` knows the Linux trust stores only; on macOS run"
             f" `sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {ca.cert_path}`"
         )
-    if os.geteuid() != 0:
-        raise CAError("changing the system trust store needs root: run `sudo portside ca trust`")
-    if anchors is None and shutil.which("update-ca-certificates"):
-        anchors, command = SYSTEM_ANCHORS, ["update-ca-certificates"]
-    elif anchors is None and shutil.which("update-ca-trust"):
-        anchors, command = P11_ANCHORS, ["update-ca-trust", "extract"]
-    elif anchors is not None:
-        command = ["update-ca-certificates"]
-    else:
-        raise CAError(
-            "found neither update-ca-certificates nor update-ca-trust; install ca-certificates"
-        )
+    anchors, command = _system_store("trust", anchors)
     target = anchors / SYSTEM_ANCHOR_NAME
     anchors.mkdir(parents=True, exist_ok=True)
     _write_atomically(target, ca.cert_path.read_bytes(), 0o644)
+    _rebuild_system_store(command)
+    return target, command
+
+
+def remove_from_system_store(*, anchors: Path | None = None) -> tuple[Path, list[str]] | None:
+    """Take portside's CA out of the OS trust store (root only): the anchor file that
+    :func:`add_to_system_store` wrote is removed and the store rebuilt. Returns the file
+    removed and the command run; None when it was not there (nothing is run). CAError
+    when not root or no tool is found."""
+    if sys.platform != "linux":
+        raise CAError(
+            "`portside ca untrust` knows the Linux trust stores only; on macOS run"
+            " `sudo security delete-certificate -c 'portside local CA'"
+            " /Library/Keychains/System.keychain`"
+        )
+    anchors, command = _system_store("untrust", anchors)
+    target = anchors / SYSTEM_ANCHOR_NAME
+    try:
+        target.unlink()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CAError(f"cannot remove {target}: {exc.strerror}") from exc
+    _rebuild_system_store(command)
+    return target, command
+
+
+def _system_store(action: str, anchors: Path | None) -> tuple[Path, list[str]]:
+    """The anchors directory and the command that rebuilds the store from it."""
+    if os.geteuid() != 0:
+        raise CAError(
+            f"changing the system trust store needs root: run `sudo portside ca {action}`"
+        )
+    if anchors is None and shutil.which("update-ca-certificates"):
+        return SYSTEM_ANCHORS, ["update-ca-certificates"]
+    if anchors is None and shutil.which("update-ca-trust"):
+        return P11_ANCHORS, ["update-ca-trust", "extract"]
+    if anchors is not None:
+        return anchors, ["update-ca-certificates"]
+    raise CAError(
+        "found neither update-ca-certificates nor update-ca-trust; install ca-certificates"
+    )
+
+
+def _rebuild_system_store(command: list[str]) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
         detail = (done.stderr or done.stdout).strip().splitlines()
         raise CAError(
             f"{' '.join(command)} failed (exit {done.returncode}): {detail[-1] if detail else ''}"
         )
-    return target, command
 
 
 def add_to_nss_db(ca: CertificateAuthority, db_dir: Path) -> list[str]:
@@ -456,6 +489,34 @@ def add_to_nss_db(ca: CertificateAuthority, db_dir: Path) -> list[str]:
     command = [certutil, "-A", "-d", db, "-t", "C,,", "-n", ca.nickname, "-i", str(ca.cert_path)]
     _certutil(command)
     return command
+
+
+def remove_from_nss_db(nickname: str, db_dir: Path) -> list[str] | None:
+    """Delete the certificate named *nickname* from the NSS database in *db_dir* (every
+    copy). Returns the certutil command run; None when the database or the certificate
+    is not there. CAError when certutil is missing or fails otherwise."""
+    certutil = shutil.which("certutil")
+    if certutil is None:
+        raise CAError("certutil is missing; install it (Debian: apt-get install libnss3-tools)")
+    db_dir = db_dir.expanduser()
+    if not (db_dir / "cert9.db").exists():
+        return None
+    db = f"sql:{db_dir}"
+    command = [certutil, "-D", "-d", db, "-n", nickname]
+    removed = False
+    for _ in range(16):  # one per copy; a database holds one, unless added by hand too
+        listed = subprocess.run(
+            [certutil, "-L", "-d", db, "-n", nickname],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if listed.returncode != 0:
+            break  # not (or no longer) there
+        _certutil(command)
+        removed = True
+    return command if removed else None
 
 
 def _certutil(command: list[str]) -> None:

@@ -443,6 +443,41 @@ def test_portside_ca_nss_db_trusts_the_ca_in_that_database(home, tmp_path):
     assert trust.count("portside local CA") == 1
 
 
+@pytest.mark.skipif(shutil.which("certutil") is None, reason="certutil missing (libnss3-tools)")
+def test_portside_ca_untrust_removes_the_ca_from_that_nss_database(home, tmp_path):
+    db = tmp_path / "nssdb"
+    assert _portside("ca", "--nss-db", str(db)).returncode == 0
+    nickname = CertificateAuthority.load().nickname
+
+    def listed() -> str:
+        return subprocess.run(
+            ["certutil", "-L", "-d", f"sql:{db}"], capture_output=True, text=True, check=True
+        ).stdout
+
+    assert nickname in listed()
+    done = _portside("ca", "untrust", "--nss-db", str(db), "--json")
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert document["kind"] == "ca-untrust"
+    assert document["stores"] == [{"store": "nss", "path": str(db), "removed": True}]
+    assert nickname not in listed()
+    # Again: nothing left to remove, still exit 0 (the state asked for holds).
+    again = _portside("ca", "untrust", "--nss-db", str(db))
+    assert again.returncode == 0, again.stderr
+    assert "was not in the NSS database" in again.stdout
+    # A database that does not exist is left alone (not created).
+    missing = tmp_path / "no-such-db"
+    assert _portside("ca", "untrust", "--nss-db", str(missing)).returncode == 0
+    assert not missing.exists()
+
+
+def test_portside_ca_untrust_without_a_ca_names_the_problem(home, tmp_path):
+    done = _portside("ca", "untrust", "--nss-db", str(tmp_path / "nssdb"))
+    assert done.returncode == 2
+    assert "no local CA" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
 def test_portside_ca_trust_refuses_without_root(home):
     if os.geteuid() == 0:
         pytest.skip("runs as root here; the root path is tested in a mount namespace")
@@ -479,6 +514,19 @@ SYSTEM_TRUST_SCRIPT = textwrap.dedent(
     assert data.startswith(b"HTTP/1.1 200"), data[:100]
     print("system-store-ok")
     EOF
+    # And out again: the anchor file goes, the rebuilt bundle no longer has the CA.
+    "$PYTHON" -m portside ca untrust --json > "$OUT.untrust"
+    test ! -e /usr/local/share/ca-certificates/portside-local-ca.crt
+    "$PYTHON" - <<'EOF'
+    import os, socket, ssl
+    context = ssl.create_default_context()
+    with socket.create_connection(("127.0.0.1", int(os.environ["HTTPS_PORT"])), timeout=10) as raw:
+        try:
+            context.wrap_socket(raw, server_hostname="app.localhost").close()
+        except ssl.SSLCertVerificationError:
+            print("system-store-untrusted")
+    EOF
+    "$PYTHON" -m portside ca untrust > "$OUT.again"
     """
 )
 
@@ -511,6 +559,16 @@ def test_portside_ca_trust_installs_into_a_private_system_store(served, authorit
         pytest.skip(f"no mount namespaces here: {done.stderr.strip()}")
     assert done.returncode == 0, done.stderr + done.stdout
     assert "system-store-ok" in done.stdout
+    assert "system-store-untrusted" in done.stdout
+    untrusted = json.loads((tmp_path / "trust.json.untrust").read_text())
+    assert untrusted["stores"] == [
+        {
+            "store": "system",
+            "path": "/usr/local/share/ca-certificates/portside-local-ca.crt",
+            "removed": True,
+        }
+    ]
+    assert "was not in the system trust store" in (tmp_path / "trust.json.again").read_text()
     document = json.loads(out.read_text())
     assert document["installed"][0]["store"] == "system"
     assert document["installed"][0]["path"].startswith("/usr/local/share/ca-certificates/")

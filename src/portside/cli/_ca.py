@@ -3,7 +3,8 @@
 ``portside ca`` creates the CA on first use and prints where it is, its fingerprint and
 how to trust it; ``portside ca trust`` adds it to the system trust store (root only,
 explicit); ``--nss-db DIR`` adds it to an NSS database (Chromium's ``~/.pki/nssdb`` or a
-Firefox profile). Only argparse is imported at module level (the parser imports this).
+Firefox profile). ``portside ca untrust`` takes it out of the system store again, or with
+``--nss-db DIR`` out of those databases. Only argparse is imported at module level (the parser imports this).
 """
 
 from __future__ import annotations
@@ -33,15 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "action",
         nargs="?",
-        choices=("trust",),
-        help="trust: add the CA to the system trust store (needs root; sudo uses your CA)",
+        choices=("trust", "untrust"),
+        help="trust: add the CA to the system trust store (needs root; sudo uses your CA);"
+        " untrust: take it out again (of the NSS databases given with --nss-db instead)",
     )
     parser.add_argument(
         "--nss-db",
         metavar="DIR",
         action="append",
         default=[],
-        help="trust the CA in this NSS database: ~/.pki/nssdb (Chromium, Chrome) or a Firefox profile; repeatable",
+        help="trust the CA in this NSS database: ~/.pki/nssdb (Chromium, Chrome) or a Firefox profile (with untrust: remove it from there); repeatable",
     )
 
 
@@ -54,6 +56,8 @@ def run_ca(options: argparse.Namespace) -> int:
     from portside.cli import _render as render
     from portside.errors import ExitCode
 
+    if options.action == "untrust":
+        return _untrust(options)
     ca = _ca_to_trust() if options.action == "trust" else CertificateAuthority.load_or_create()
     installed: list[dict[str, object]] = []
     if options.action == "trust":
@@ -66,6 +70,43 @@ def run_ca(options: argparse.Namespace) -> int:
         render.print_json("ca", {**describe(ca), "installed": installed})
         return ExitCode.OK
     sys.stdout.write("\n".join(_text(ca, installed)) + "\n")
+    return ExitCode.OK
+
+
+def _untrust(options: argparse.Namespace) -> int:
+    """``portside ca untrust``: the system store, or the NSS databases given; exit 0 also
+    when the CA was not there (the state asked for holds), 2 on errors."""
+    import sys
+    from pathlib import Path
+
+    from portside.ca import remove_from_nss_db, remove_from_system_store
+    from portside.cli import _render as render
+    from portside.errors import ExitCode
+
+    removed: list[dict[str, object]] = []
+    if options.nss_db:
+        nickname = _ca_to_trust(create=False).nickname
+        for db in options.nss_db:
+            command = remove_from_nss_db(nickname, Path(db))
+            where = str(Path(db).expanduser())
+            removed.append({"store": "nss", "path": where, "removed": command is not None})
+    else:
+        result = remove_from_system_store()
+        anchor = str(result[0]) if result is not None else None
+        removed.append({"store": "system", "path": anchor, "removed": result is not None})
+    if options.json:
+        render.print_json("ca-untrust", {"stores": removed})
+        return ExitCode.OK
+    lines = []
+    for item in removed:
+        where = "the system trust store" if item["store"] == "system" else "the NSS database"
+        if item["store"] == "nss":
+            where += f" {item['path']}"
+        if item["removed"]:
+            lines.append(f"Removed the portside CA from {where}.")
+        else:
+            lines.append(f"The portside CA was not in {where}: nothing to remove.")
+    sys.stdout.write("\n".join(lines) + "\n")
     return ExitCode.OK
 
 
@@ -117,9 +158,10 @@ def _text(ca: CertificateAuthority, installed: list[dict[str, object]]) -> list[
     return lines
 
 
-def _ca_to_trust() -> CertificateAuthority:
+def _ca_to_trust(*, create: bool = True) -> CertificateAuthority:
     """The CA that ``sudo portside ca trust`` means: the invoking user's (which must
-    exist: root does not create a CA in their directory), else root's own."""
+    exist: root does not create a CA in their directory), else root's own (created when
+    missing, with ``create``)."""
     import os
     import pwd
     from pathlib import Path
@@ -135,4 +177,4 @@ def _ca_to_trust() -> CertificateAuthority:
             home = None
         if home is not None:
             return CertificateAuthority.load(home / ".local" / "state" / "portside" / CA_DIR_NAME)
-    return CertificateAuthority.load_or_create()
+    return CertificateAuthority.load_or_create() if create else CertificateAuthority.load()
