@@ -14,6 +14,8 @@ One run, start to end:
    ``package.json`` script is read to see what ``npm run dev`` starts).
 3. **Process.** CMD runs in its own process group. On Linux it gets
    ``PR_SET_PDEATHSIG`` (SIGTERM), so it ends even when portside is killed with SIGKILL,
+   and a guardian process (its own session, :data:`GUARDIAN_MARK` in its command line)
+   then ends the rest of the group (what CMD started: ``npm run dev`` -> node),
    and portside becomes a child subreaper (with ``reap_orphans``), so descendants that
    leave the group still come back to it. On a terminal, the group gets the foreground
    (Ctrl-C and Ctrl-Z reach the app as under a shell; portside follows a stop).
@@ -331,6 +333,58 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
+# --------------------------------------------------------------------------- guardian
+
+#: The guardian: a small process in a session of its own that outlives portside. It reads
+#: its stdin, a pipe only portside holds: "d" when portside ended the group itself; end of
+#: file without it when portside died (SIGKILL, a crash). Then it ends CMD's process group:
+#: SIGTERM, SIGKILL after the grace period. PR_SET_PDEATHSIG reaches CMD alone; this
+#: reaches what CMD started in its group (``npm run dev`` -> node).
+_GUARDIAN = r"""
+import os, signal, sys, time
+group, grace = int(sys.argv[2]), float(sys.argv[3])
+if sys.stdin.buffer.read(1) == b"d":
+    sys.exit(0)
+def alive():
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+try:
+    os.killpg(group, signal.SIGTERM)
+except ProcessLookupError:
+    sys.exit(0)
+deadline = time.monotonic() + grace
+while alive() and time.monotonic() < deadline:
+    time.sleep(0.05)
+if alive():
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+"""
+#: In the guardian's command line, so that it can be told apart (``ps``, tests).
+GUARDIAN_MARK = "portside-run-guardian"
+
+
+def _start_guardian(group: int, grace_s: float) -> subprocess.Popen[bytes] | None:
+    """A guardian for process group *group* (None when it cannot start: CMD still gets
+    PR_SET_PDEATHSIG)."""
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-S", "-c", _GUARDIAN, GUARDIAN_MARK, str(group), str(grace_s)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # no terminal: Ctrl-C and SIGHUP are for portside and CMD
+        )
+    except OSError:
+        return None
+
+
 # --------------------------------------------------------------------------- supervisor
 
 
@@ -346,6 +400,7 @@ class _Supervisor:
         self._previous: dict[signal.Signals, Any] = {}
         self._tty: int | None = None
         self._prctl: Callable[..., int] | None = None
+        self._guardian: subprocess.Popen[bytes] | None = None
 
     # -- start
 
@@ -378,6 +433,8 @@ class _Supervisor:
             raise UsageError(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from exc
         with contextlib.suppress(OSError):
             os.setpgid(self.child.pid, self.child.pid)  # also here: no race either way
+        if sys.platform == "linux":
+            self._guardian = _start_guardian(self.child.pid, self.grace_s)
         if tty is not None:
             _give_terminal(tty, self.child.pid)
         if threading.current_thread() is threading.main_thread():  # only there in Python
@@ -472,8 +529,23 @@ class _Supervisor:
         left = self._leftovers(child.pid)
         if left:
             self._stop(left)
+        self._dismiss_guardian()
         self._unset_subreaper()
         return sorted(left)
+
+    def _dismiss_guardian(self) -> None:
+        """The group was ended here: the guardian leaves without touching it."""
+        guardian, self._guardian = self._guardian, None
+        if guardian is None or guardian.stdin is None:
+            return
+        with contextlib.suppress(OSError):
+            guardian.stdin.write(b"d")
+            guardian.stdin.close()
+        try:
+            guardian.wait(5.0)
+        except subprocess.TimeoutExpired:
+            guardian.kill()
+            guardian.wait()
 
     def _leftovers(self, root: int) -> dict[int, str]:
         if sys.platform != "linux":
@@ -485,6 +557,8 @@ class _Supervisor:
                 fields = _stat_fields(pid)
                 if fields is not None and int(fields[1]) == mine:
                     pids.add(pid)
+        if self._guardian is not None:
+            pids.discard(self._guardian.pid)  # a child of ours, but not CMD's: dismissed after
         tokens = {pid: process_start_token(pid) for pid in pids}
         return {pid: token for pid, token in tokens.items() if token is not None}
 

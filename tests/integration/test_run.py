@@ -205,10 +205,12 @@ def test_sigterm_to_portside_ends_the_app_and_its_child_and_withdraws_the_route(
     wait_for(lambda: via_proxy(proxy, "web").status == 200, what="the route in the proxy")
     assert not gone(info["pid"])
     assert not gone(info["child"])
+    assert len(_guardians(info["pid"])) == 1
     run.proc.send_signal(signal.SIGTERM)
     assert run.wait() == 128 + signal.SIGTERM  # the app died of the forwarded SIGTERM
     assert gone(info["pid"])
     assert gone(info["child"])
+    assert _guardians(info["pid"]) == []  # dismissed and waited for by portside
     wait_for(lambda: via_proxy(proxy, "web").status == 404, what="the route withdrawn")
     page = via_proxy(proxy, "web").body
     assert b"Known routes (0)" in page
@@ -229,6 +231,7 @@ def test_signals_are_forwarded_and_the_exit_code_passes_through(
     )
     assert via_proxy(proxy, "api", "/exit/7").json() == {"exiting": 7}
     assert run.wait() == 7
+    assert _guardians(info["pid"]) == []
     assert "api exited with status 7" in "\n".join(run.err)
     assert gone(info["pid"])
     assert gone(info["child"])
@@ -286,12 +289,35 @@ def test_sigkill_of_portside_still_ends_the_app_and_the_proxy_drops_the_route(
     info = run.app_info()
     run.line(run.err, "is ready at")
     wait_for(lambda: via_proxy(proxy, "web").status == 200, what="the route in the proxy")
+    guardians = _guardians(info["pid"])
+    assert len(guardians) == 1  # watching the app's process group
     run.proc.kill()  # no chance to clean up: PR_SET_PDEATHSIG and the owner check must do it
     wait_for(lambda: gone(info["pid"]), what="the app ended by PDEATHSIG")
     wait_for(lambda: via_proxy(proxy, "web").status == 404, what="the dead owner's route dropped")
-    assert not gone(info["child"])  # the app's own child is out of PDEATHSIG's reach
-    os.kill(info["child"], signal.SIGKILL)
+    # The app's own child is out of PDEATHSIG's reach: the guardian ends it, then itself.
+    wait_for(lambda: gone(info["child"]), what="the app's child ended by the guardian")
+    wait_for(lambda: not _guardians(info["pid"]), what="the guardian to leave")
     assert run.wait() == -signal.SIGKILL
+
+
+def _guardians(group: int) -> list[int]:
+    """Live guardian processes watching process group *group*."""
+    from portside.run import GUARDIAN_MARK
+
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                state = handle.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != b"Z" and GUARDIAN_MARK.encode() in argv and str(group).encode() in argv:
+            found.append(int(name))
+    return found
 
 
 def test_a_server_that_ignores_port_gets_its_flags(
