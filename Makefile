@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Debian packages the tests drive for real (installed by `make test` when run as root).
 APT_PACKAGES := iproute2 openssh-server openssh-client lsof nftables iptables openssl \
 	redis-server postgresql util-linux qemu-system-x86 chromium busybox-static \
-	docker.io podman runc netavark libnss3-tools prometheus ufw
+	docker.io podman runc netavark libnss3-tools prometheus ufw zsh
 # Public tools the benchmarks compare against (`make bench`).
 BENCH_APT_PACKAGES := hyperfine nmap nginx wrk socat iperf3
 

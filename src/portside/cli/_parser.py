@@ -312,6 +312,7 @@ def _add_network_commands(commands: _Commands, common: _ErrorParser) -> None:
         ("forward", "forward a port to another, with optional faults"),
         ("audit", "which listeners the network can reach, and the fix"),
         ("exporter", "Prometheus metrics of listeners and findings"),
+        ("completion", "a shell completion script (bash, zsh)"),
     )
     for name, summary in declared:
         if not commands.wants(name):
