@@ -103,14 +103,12 @@ def _python_for_nobody() -> str:
 
 
 def _cgroup2_root() -> str | None:
-    """Where the cgroup v2 hierarchy's root is mounted (None: not mounted)."""
-    with open("/proc/self/mountinfo") as handle:
-        for line in handle:
-            head, _, tail = line.partition(" - ")
-            fields = head.split()
-            if tail.startswith("cgroup2 ") and fields[3] == "/":
-                return fields[4]
-    return None
+    """Where the cgroup v2 hierarchy's root is mounted (None: not mounted), as portside's
+    owner lookup finds it."""
+    from portside.sockets._owners import cgroup2_mount
+
+    mount = cgroup2_mount()
+    return mount[0] if mount is not None else None
 
 
 def _enter_cgroup(directory: str) -> Callable[[], None]:

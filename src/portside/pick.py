@@ -376,12 +376,13 @@ def registry_file() -> str:
 def _registry_ports(registry: Registry | None) -> frozenset[int]:
     if registry is not None:
         return registry.taken_ports()
+    path = registry_file()
     try:
-        if os.path.getsize(registry_file()) == 0:  # noqa: PTH202 -- see registry_file
+        if os.path.getsize(path) == 0:  # noqa: PTH202 -- see registry_file
             return frozenset()
     except OSError:
         return frozenset()  # no registry yet: picking never creates one
-    peeked = _peek_registry_ports(registry_file())
+    peeked = _peek_registry_ports(path)
     if peeked is not None:
         return peeked
     from portside.registry import default_registry_ports
