@@ -726,6 +726,7 @@ def test_the_facade_and_the_linux_path_import_nothing_heavy():
 def test_forked_readers_find_what_one_reader_finds(readers, monkeypatch):
     """The full scan shared out among forked readers: the same holders, each reader
     reaped."""
+    from portside import _fdtables
     from portside.sockets import _owners
 
     with contextlib.ExitStack() as stack:
@@ -745,12 +746,12 @@ def test_forked_readers_find_what_one_reader_finds(readers, monkeypatch):
             children.append(child.pid)
         inodes = [os.fstat(s.fileno()).st_ino for s in sockets]
         links = _owners._links(inodes)
-        counted = _owners._fd_counts_supported()
+        counted = _fdtables.fd_counts_supported()
 
         monkeypatch.setattr(_owners, "_readers", lambda processes: 1)
-        alone = _owners._scan_every_process(_owners._pids(), links, counted)
+        alone = _owners._scan_every_process(_fdtables.process_ids(), links, counted)
         monkeypatch.setattr(_owners, "_readers", lambda processes: readers)
-        shared_out = _owners._scan_every_process(_owners._pids(), links, counted)
+        shared_out = _owners._scan_every_process(_fdtables.process_ids(), links, counted)
 
         me = os.getpid()
         first, second = children

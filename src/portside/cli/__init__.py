@@ -10,6 +10,7 @@ gives what argparse would); anything else goes through the full parser.
 from __future__ import annotations
 
 import gc
+import os
 import sys
 
 TYPE_CHECKING = False
@@ -68,6 +69,13 @@ _LS_FLAGS = {
     "--exposed": ("exposed", True),
 }
 
+
+#: Commands that list every listener: one root socket in the root cgroup among them (a
+#: system service's, say) and every fd table is read, so that read starts first.
+_EVERY_LISTENER = frozenset({Handler("_inspect", "run_ls"), Handler("_inspect", "run_overview")})
+
+#: portside.sockets.BACKEND_ENV (not imported here: it costs the data model's import).
+_BACKEND_ENV = "PORTSIDE_BACKEND"
 
 #: Commands that run briefly and allocate much (see main).
 _BRIEF = frozenset(
@@ -161,10 +169,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # argparse exits on --help and on bad usage
             return int(exc.code or 0)
     debug = bool(getattr(options, "debug", False))
+    brief = options.handler in _BRIEF
+    if (
+        options.handler in _EVERY_LISTENER
+        and getattr(options, "backend", None) is None
+        and _BACKEND_ENV not in os.environ
+    ):
+        # Every fd table will probably be read: a forked reader starts on it now, while
+        # the rest of portside is imported (portside._fdtables says when it pays).
+        from portside._fdtables import start_prescan
+
+        start_prescan()
     # The inspection commands make tens of thousands of objects in a few milliseconds
     # and then exit: the cyclic garbage collector would only walk them over and over
     # (a tenth of `portside ls`). Reference counting still frees everything.
-    pause_gc = options.handler in _BRIEF and gc.isenabled()
+    pause_gc = brief and gc.isenabled()
     if pause_gc:
         gc.disable()
     try:
@@ -183,7 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if pause_gc:
             gc.enable()
-    if argv is None and options.handler in _BRIEF:
+        if brief:
+            from portside._fdtables import end_prescan
+
+            end_prescan()  # not needed after all, or the command failed: killed, reaped
+    if argv is None and brief:
         _exit_now(status)
     return status
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
+from portside._fdtables import namespace_pids, running_prescan
 from portside.errors import AccessDeniedError
 from portside.models import NetNamespace
 
@@ -74,33 +75,11 @@ def _comm(pid: int) -> str:
 
 
 def _namespace_pids() -> dict[int, int]:
-    """inode -> the lowest pid inside each namespace we may see."""
-    # One readlink per process, relative to an open /proc and in bytes (neither the path
-    # nor the answer converted): the whole cost of this walk is in that loop.
-    lowest: dict[bytes, int] = {}
-    try:
-        proc = os.open(_PROC, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return {}
-    readlink = os.readlink
-    try:
-        for name in os.listdir(_PROC.encode()):
-            if not name.isdigit():
-                continue
-            try:
-                link = readlink(name + b"/ns/net", dir_fd=proc)
-            except OSError:
-                continue  # another user's process (needs root), a kernel thread, or gone
-            known = lowest.get(link)
-            if known is None or int(name) < known:
-                lowest[link] = int(name)
-    finally:
-        os.close(proc)
-    return {
-        int(link[5:-1]): pid
-        for link, pid in lowest.items()
-        if link.startswith(b"net:[") and link.endswith(b"]") and link[5:-1].isdigit()
-    }
+    """inode -> the lowest pid inside each namespace we may see (from the prescan when
+    one runs: it walked every process already)."""
+    prescan = running_prescan()
+    found = prescan.namespaces() if prescan is not None else None
+    return found if found is not None else namespace_pids()
 
 
 def other_namespaces(current: NetNamespace | None = None) -> list[tuple[NetNamespace, int | None]]:

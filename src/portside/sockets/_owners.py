@@ -26,7 +26,10 @@ accept that for a scan that reads a few processes instead of all of them. Socket
 root in the root cgroup cannot be narrowed: when one is wanted every process is read,
 for every wanted socket at once. Such a full scan is shared out among forked readers,
 one per CPU (up to four), on a machine with many processes: the reads are system calls
-and run in parallel, where threads would wait for each other's interpreter lock.
+and run in parallel, where threads would wait for each other's interpreter lock. When
+the command started a prescan (:mod:`portside._fdtables`: ``ls`` and the overview, as
+root), a full scan takes its answer instead, read meanwhile on the other CPU, and a
+narrowed one ends it unread.
 """
 
 from __future__ import annotations
@@ -35,9 +38,25 @@ import dataclasses
 import os
 import sys
 from collections import namedtuple
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 
+from portside._fdtables import (
+    DIRECTORY_FLAGS,
+    PARALLEL_MIN_PROCESSES,
+    collect_rest,
+    end_prescan,
+    fd_counts_supported,
+    fork_reader,
+    holders_as_words,
+    holders_from_words,
+    only_thread,
+    process_ids,
+    read_fds,
+    read_tables,
+    running_prescan,
+    write_words,
+)
 from portside.models import (
     Owner,
     OwnerStatus,
@@ -142,37 +161,6 @@ def _cgroup_members(mount_point: str, cgroup_ids: set[int]) -> dict[int, frozens
     return members
 
 
-@lru_cache(maxsize=1)
-def _fd_counts_supported() -> bool:
-    """Whether this kernel reports the number of open fds as the size of /proc/PID/fd
-    (Linux 6.2+). The fd opened to ask is itself open, so the answer is never 0 there."""
-    try:
-        directory = os.open(f"{_PROC}/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        return os.fstat(directory).st_size > 0
-    finally:
-        os.close(directory)
-
-
-def _pids() -> list[int]:
-    return [int(name) for name in os.listdir(_PROC) if name.isdigit()]
-
-
-_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-#: b"0", b"1", b"2" …: the fd names, made once (thousands of fds are read per scan).
-#: Names and links are bytes: os.readlink then neither encodes the one nor decodes the
-#: other (a third of its cost in Python).
-_FD_NAMES = [str(number).encode() for number in range(256)]
-
-
-def _fd_names(count: int) -> list[bytes]:
-    if count > len(_FD_NAMES):
-        _FD_NAMES.extend(str(number).encode() for number in range(len(_FD_NAMES), count))
-    return _FD_NAMES
-
-
 def _links(inodes: Iterable[int]) -> dict[bytes, int]:
     """The fd link text of each socket inode (``socket:[INODE]``, as bytes) -> inode."""
     return {b"socket:[%d]" % inode: inode for inode in inodes}
@@ -182,67 +170,9 @@ def _open_fds(pid: int) -> int | None:
     """An fd of ``/proc/PID/fd`` (the fds are then read relative to it, which spares the
     kernel a path walk per fd), or None when the process ended or is not ours to read."""
     try:
-        return os.open(f"{_PROC}/{pid}/fd", _DIRECTORY_FLAGS)
+        return os.open(f"{_PROC}/{pid}/fd", DIRECTORY_FLAGS)
     except OSError:
         return None
-
-
-def _read_fds(
-    directory: int, count: int | None, links: Mapping[bytes, int], relevant: Sequence[int] | None
-) -> tuple[list[int], bool] | None:
-    """Inodes of ``links`` among the fds in ``directory`` (an open ``/proc/PID/fd``), and
-    whether every fd was read.
-
-    ``count`` is the number of open fds when known: then fds 0, 1, 2 … are read by number
-    and the directory is listed only after a gap. Stops early once every inode in
-    ``relevant`` (all of ``links`` when None) was seen: the rest of the table cannot
-    matter. None when the fd table cannot be read (gone, or another user's process).
-    """
-    readlink = os.readlink
-    get = links.get
-    found: set[int] = set()
-    wanted = set(relevant) if relevant is not None else None
-    remaining = len(wanted) if wanted is not None else len(links)
-    names: Iterable[str]
-    number = -1
-    if count is not None:
-        name = b"-1"
-        try:
-            # The per-fd loop of every scan: kept to a call, a lookup and a test.
-            for name in (_FD_NAMES if count <= len(_FD_NAMES) else _fd_names(count))[:count]:
-                inode = get(readlink(name, dir_fd=directory))
-                if inode is not None and inode not in found:
-                    found.add(inode)
-                    if wanted is None or inode in wanted:
-                        remaining -= 1
-                        if remaining == 0:
-                            return list(found), False
-            return list(found), True
-        except FileNotFoundError:
-            number = int(name)  # a gap in the fd numbers (or the process ended): list the rest
-        except OSError:
-            return None  # PermissionError: another user's process, without root
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return (list(found), False) if found else None
-    for listed in names:
-        if int(listed) <= number:
-            continue  # read by number already
-        try:
-            link = readlink(listed.encode(), dir_fd=directory)
-        except FileNotFoundError:
-            continue  # closed meanwhile
-        except OSError:
-            return None
-        inode = get(link)
-        if inode is not None and inode not in found:
-            found.add(inode)
-            if wanted is None or inode in wanted:
-                remaining -= 1
-                if remaining == 0:
-                    return list(found), False
-    return list(found), True
 
 
 _Group = tuple[int | None, frozenset[int] | None, list[int]]
@@ -275,12 +205,24 @@ def scan_holders(wanted: Mapping[int, tuple[int | None, int | None]]) -> OwnerSc
         for (uid, cgroup_id), inodes in keyed.items()
     ]
 
-    counted = _fd_counts_supported()
-    pids = _pids()
+    prescan = running_prescan()
     if free or not narrowed:
         # A socket nothing narrows is looked for in every process: every table is read
-        # anyway, for all of them at once (and in parallel where that pays).
-        return _scan_every_process(pids, links, counted)
+        # anyway, for all of them at once (and in parallel where that pays), or was
+        # read already by the prescan.
+        taken = prescan.holders() if prescan is not None else None
+        end_prescan()
+        if taken is not None:
+            every, tables_read = taken
+            return OwnerScan(
+                holders={inode: tuple(sorted(every[inode])) for inode in wanted if inode in every},
+                processes_read=tables_read,
+                processes_seen=prescan.processes if prescan is not None else 0,
+            )
+        return _scan_every_process(process_ids(), links, fd_counts_supported())
+    end_prescan()  # narrowed: a few tables to read, not every one
+    counted = fd_counts_supported()
+    pids = process_ids()
     complete: set[int] = set()
     skipped: set[int] = set()  # gone or unreadable
     reads = 0
@@ -324,7 +266,7 @@ def scan_holders(wanted: Mapping[int, tuple[int | None, int | None]]) -> OwnerSc
                 if sum(map(len, extra)) <= _EARLY_STOP_LIMIT
                 else None
             )
-            result = _read_fds(directory, count, links, relevant)
+            result = read_fds(directory, count, links.get, len(links), relevant)
         finally:
             close(directory)
         if result is None:
@@ -348,7 +290,7 @@ def scan_holders(wanted: Mapping[int, tuple[int | None, int | None]]) -> OwnerSc
             if directory is None:
                 continue
             try:
-                result = _read_fds(directory, None, missing_links, None)
+                result = read_fds(directory, None, missing_links.get, len(missing_links), None)
             finally:
                 close(directory)
             if result is not None:
@@ -369,19 +311,28 @@ def _scan_every_process(pids: list[int], links: Mapping[bytes, int], counted: bo
     pids.sort()
     readers = _readers(len(pids))
     shares = [pids[index::readers] for index in range(readers)]
-    children = [_fork_reader(share, links, counted) for share in shares[1:]]
+    total = len(links)
+
+    def read_share(share: list[int]) -> Callable[[int], None]:
+        def work(fd: int) -> None:  # pragma: no cover -- runs in the forked reader
+            write_words(fd, holders_as_words(*read_tables(share, links.get, total, counted)))
+
+        return work
+
+    children = [fork_reader(read_share(share)) for share in shares[1:]]
     try:
-        found, reads = _read_tables(shares[0], links, counted)
+        found, reads = read_tables(shares[0], links.get, total, counted)
     except BaseException:
         for child in children:
             if child is not None:
-                _collect(child)  # reaped, not left behind
+                collect_rest(child)  # reaped, not left behind
         raise
     for share, child in zip(shares[1:], children, strict=True):
-        theirs = _collect(child) if child is not None else None
-        if theirs is None:  # no fork, or the reader failed: read its share here
-            theirs = _read_tables(share, links, counted)
-        more, more_reads = theirs
+        words = collect_rest(child) if child is not None else None
+        # No fork, or the reader failed: its share is read here.
+        more, more_reads = (
+            holders_from_words(words) if words else read_tables(share, links.get, total, counted)
+        )
         reads += more_reads
         for inode, holding in more.items():
             found.setdefault(inode, []).extend(holding)
@@ -389,44 +340,8 @@ def _scan_every_process(pids: list[int], links: Mapping[bytes, int], counted: bo
     return OwnerScan(holders=holders, processes_read=reads, processes_seen=len(pids))
 
 
-def _read_tables(
-    pids: Sequence[int], links: Mapping[bytes, int], counted: bool
-) -> tuple[dict[int, list[int]], int]:
-    """(inode -> the pids among ``pids`` holding it, fd tables read)."""
-    holders: dict[int, list[int]] = {}
-    reads = 0
-    open_ = os.open
-    fstat = os.fstat
-    close = os.close
-    read_fds = _read_fds
-    flags = _DIRECTORY_FLAGS
-    for pid in pids:
-        try:
-            directory = open_(f"{_PROC}/{pid}/fd", flags)
-        except OSError:
-            continue  # ended, or another user's process (without root): not visible
-        try:
-            count = fstat(directory).st_size if counted else None
-            if count == 0:
-                continue  # no open fds (a kernel thread, a zombie): nothing to read
-            reads += 1
-            result = read_fds(directory, count, links, None)
-        finally:
-            close(directory)
-        if result is not None:
-            for inode in result[0]:
-                found = holders.get(inode)
-                if found is None:
-                    holders[inode] = [pid]
-                else:
-                    found.append(pid)
-    return holders, reads
-
-
 # -- reading in parallel ---------------------------------------------------------------------
 
-#: Fewer processes than this are read by one reader: a fork would cost more than it saves.
-_PARALLEL_MIN_PROCESSES = 200
 _MAX_READERS = 4
 
 
@@ -435,79 +350,15 @@ def _readers(processes: int) -> int:
     most four, and at least 100 tables each), and one only when this process runs other
     threads (a fork copies only the calling thread; what the others hold, locks among
     it, would stay held in the child)."""
-    if processes < _PARALLEL_MIN_PROCESSES:
+    if processes < PARALLEL_MIN_PROCESSES:
         return 1
     try:
         cpus = len(os.sched_getaffinity(0))
-        threads = len(os.listdir(f"{_PROC}/self/task"))
     except OSError:
         return 1
-    if cpus < 2 or threads != 1:
+    if cpus < 2 or not only_thread():
         return 1
-    return min(cpus, _MAX_READERS, processes // (_PARALLEL_MIN_PROCESSES // 2))
-
-
-_WORD = "q"  # the readers' answers: signed 64-bit words (fd tables read, then inode, pid…)
-
-
-def _fork_reader(
-    pids: Sequence[int], links: Mapping[bytes, int], counted: bool
-) -> tuple[int, int] | None:
-    """(child pid, read end of its pipe) of a forked process reading ``pids``' fd tables
-    and writing what it found into the pipe; None when no process could be forked."""
-    try:
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        child = os.fork()
-    except OSError:
-        os.close(read_end)
-        os.close(write_end)
-        return None
-    if child == 0:  # pragma: no cover -- the child (coverage does not follow a fork)
-        status = 1
-        try:
-            import array
-
-            os.close(read_end)
-            holders, reads = _read_tables(pids, links, counted)
-            words = array.array(_WORD, [reads])
-            for inode, holding in holders.items():
-                for pid in holding:
-                    words.append(inode)
-                    words.append(pid)
-            data = memoryview(words.tobytes())
-            while data:
-                data = data[os.write(write_end, data) :]
-            status = 0
-        finally:
-            os._exit(status)  # no exit handlers, no buffers flushed: they are the parent's
-    os.close(write_end)
-    return child, read_end
-
-
-def _collect(child: tuple[int, int]) -> tuple[dict[int, list[int]], int] | None:
-    """What a forked reader found, once it ended; None when it failed."""
-    import array
-
-    pid, read_end = child
-    chunks: list[bytes] = []
-    try:
-        while chunk := os.read(read_end, 1 << 16):
-            chunks.append(chunk)
-    finally:
-        os.close(read_end)
-        _, status = os.waitpid(pid, 0)
-    words = array.array(_WORD)
-    data = b"".join(chunks)
-    if status != 0 or not data or len(data) % words.itemsize:
-        return None
-    words.frombytes(data)
-    holders: dict[int, list[int]] = {}
-    for index in range(1, len(words) - 1, 2):
-        holders.setdefault(words[index], []).append(words[index + 1])
-    return holders, words[0]
+    return min(cpus, _MAX_READERS, processes // (PARALLEL_MIN_PROCESSES // 2))
 
 
 def _with_owners(
