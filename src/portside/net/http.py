@@ -1592,6 +1592,9 @@ class ResponseParser:
         self._in_head = False
         self._in_body = False
         self._head_raw = 0
+        #: (the raw head, its ResponseHead) of the last response that came whole in one
+        #: piece (see :meth:`feed`).
+        self._repeat: tuple[bytes, ResponseHead] | None = None
 
     def expect(self, method: str) -> None:
         """The next response answers a request with *method* (``HEAD``: no body)."""
@@ -1605,13 +1608,56 @@ class ResponseParser:
     def feed(self, data: bytes) -> list[ResponseEvent]:
         if self._failed:
             raise ProtocolError("the backend connection already failed", status_hint=502)
+        between = not self._in_message and not self._head_only
+        repeat = self._repeat
+        if repeat is not None and between:
+            raw, head = repeat
+            size = len(raw)
+            if len(data) - size == head.content_length and data.startswith(raw):
+                # Byte for byte the head of the last whole response, and exactly its
+                # body's length after it: httptools would parse it as it did then (same
+                # bytes, same state: between messages), so its result is taken again.
+                return (
+                    [head, data[size:], MessageEnd()]
+                    if head.content_length
+                    else [head, MessageEnd()]
+                )
         self._events = []
         if self._head_only:
             self._feed_head_only(data)
         else:
             self._feed(data)
         events, self._events = self._events, []
+        if between and not self._in_message:
+            self._remember(data, events)
         return events
+
+    def _remember(self, data: bytes, events: list[ResponseEvent]) -> None:
+        """Keep the head of ``data`` when it was one whole final response with a
+        Content-Length body, reusable (a backend repeats its heads: static files, the
+        same API answer; only the Date changes, once a second)."""
+        if len(events) < 2 or type(events[-1]) is not MessageEnd:
+            return
+        head = events[0]
+        if type(head) is not ResponseHead:
+            return
+        length = head.content_length
+        if (
+            length is None
+            or head.chunked
+            or not head.keep_alive
+            or head.status < 200
+            or head.status in (204, 304)
+        ):
+            return
+        body = 0
+        for piece in events[1:-1]:
+            if type(piece) is not bytes:
+                return  # a second message, an upgrade: not one whole response
+            body += len(piece)
+        if body != length or len(data) <= length:
+            return
+        self._repeat = (bytes(data[: len(data) - length]), head)
 
     def feed_eof(self) -> list[ResponseEvent]:
         """The backend closed: ends a close-delimited body; mid-message otherwise 502."""

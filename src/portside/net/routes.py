@@ -105,6 +105,9 @@ class Route:
         return self.host + ("" if self.path == "/" else self.path)
 
 
+_NORMALISED: dict[str, str] = {}  # raw Host value -> normalise_host(value)
+
+
 def normalise_host(value: str) -> str:
     """A request's Host header as matched: lower case, no port, no trailing dot, IPv6
     without brackets. Returns ``""`` for an empty or unusable value."""
@@ -173,7 +176,11 @@ class RouteSnapshot:
 
     def match(self, host: str, path: str) -> Route | None:
         """The route for a request with Host ``host`` (raw header value) and target ``path``."""
-        name = normalise_host(host)
+        name = _NORMALISED.get(host)
+        if name is None:
+            name = normalise_host(host)
+            if len(_NORMALISED) < 1024:  # Host values repeat: normalised once each
+                _NORMALISED[host] = name
         for route in self._exact.get(name, ()):
             if path_matches(route.path, path):
                 return route
