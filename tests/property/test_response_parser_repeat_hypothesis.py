@@ -5,6 +5,7 @@ sends, in whatever pieces, the events must be those of a parser without that pat
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -31,7 +32,7 @@ MESSAGES = [
 ]
 
 
-def _summary(events: list[object]) -> list[object]:
+def _summary(events: Sequence[object]) -> list[object]:
     out: list[object] = []
     for event in events:
         if isinstance(event, ResponseHead):
@@ -54,7 +55,8 @@ def _summary(events: list[object]) -> list[object]:
         elif out and isinstance(out[-1], bytes):
             out[-1] += event  # type: ignore[operator]
         else:
-            out.append(bytes(event))  # type: ignore[arg-type]
+            assert isinstance(event, bytes)
+            out.append(event)
     return out
 
 
@@ -107,6 +109,7 @@ def test_a_repeated_whole_response_takes_the_path_and_a_different_one_does_not()
     assert isinstance(again[2], MessageEnd)
     longer = parser.feed(MESSAGES[3])  # another head (Content-Length 4): parsed
     assert longer[0] is not first[0]
+    assert isinstance(longer[0], ResponseHead)
     assert longer[0].content_length == 4
     # Same head, a body cut in two: parsed, and the same events.
     message = MESSAGES[3]
