@@ -113,6 +113,8 @@ def run_iperf(port: int, args: argparse.Namespace) -> float:
     argv = ["iperf3", "-c", LOOPBACK, "-p", str(port), "-t", str(args.duration), "-J"]
     done = subprocess.run(pinned(args.load_cpu, argv), capture_output=True, text=True, check=True)
     report = json.loads(done.stdout)
+    if "error" in report:  # iperf3 -J says what went wrong here, with exit status 0
+        raise RuntimeError(f"iperf3 through port {port}: {report['error']}")
     return float(report["end"]["sum_received"]["bits_per_second"])
 
 

@@ -13,9 +13,13 @@ proxies are pinned to the same CPU and wrk plus the backend to the other CPU(s)
 nginx, …) so that drifts of the machine hit both sides alike. The figure per side is the
 median over rounds of requests/s and of wrk's p99 latency.
 
-Scenarios (``--scenario``): ``keepalive`` (wrk's default, persistent connections) and
-``churn`` (``Connection: close`` on every request: one connection per request, the load
-under which uvloop 0.23 was reported to abort). ``--loop asyncio`` runs portside on the
+Scenarios (``--scenario``): ``keepalive`` (wrk's default, persistent connections: the
+issue's figure), ``churn`` (``Connection: close`` on every request: one connection per
+request, the load under which uvloop 0.23 was reported to abort) and ``varied`` (keep-alive,
+but every request of a connection has another target, ``/1k.bin?n=N``, from a wrk Lua
+script: portside's core takes a request byte-identical to the previous one on its
+connection without parsing it again, which wrk's identical requests always are; here none
+is). ``--loop asyncio`` runs portside on the
 stock event loop (``PORTSIDE_LOOP=asyncio``).
 
 Every process started here is ended by its pid; nginx gets a private prefix, config, pid
@@ -89,6 +93,15 @@ http {{
         }}
     }}
 }}
+"""
+
+#: wrk: every request another target (each wrk thread counts on its own).
+VARIED_LUA = """
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, "/1k.bin?n=" .. n)
+end
 """
 
 PORTSIDE_LAUNCH = """
@@ -177,6 +190,8 @@ def run_wrk(
     ]
     if scenario == close_scenario:
         argv += ["-H", "Connection: close"]
+    if scenario == "varied":
+        argv += ["-s", str(args.varied_script)]
     argv.append(f"{scheme}://{LOOPBACK}:{port}/1k.bin")
     done = subprocess.run(pinned(args.client_cpu, argv), capture_output=True, text=True, check=True)
     return parse_wrk(done.stdout)
@@ -190,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--scenario", action="append", choices=("keepalive", "churn"))
+    parser.add_argument("--scenario", action="append", choices=("keepalive", "churn", "varied"))
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     ncpu = os.cpu_count() or 1
     parser.add_argument("--proxy-cpu", default=str(ncpu - 1) if ncpu > 1 else None)
@@ -198,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         "--client-cpu", default=f"0-{ncpu - 2}" if ncpu > 2 else ("0" if ncpu > 1 else None)
     )
     args = parser.parse_args(argv)
-    scenarios = args.scenario or ["keepalive", "churn"]
+    scenarios = args.scenario or ["keepalive", "churn", "varied"]
     for tool in ("wrk", "nginx"):
         if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin") is None:
             print(
@@ -217,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             os.chmod(tmp, 0o755)  # noqa: S103 - nginx's workers run as an unprivileged user
             (Path(tmp) / "www").mkdir(mode=0o755)
             (Path(tmp) / "www" / "1k.bin").write_bytes(os.urandom(1024))
+            args.varied_script = Path(tmp) / "varied.lua"
+            args.varied_script.write_text(VARIED_LUA)
             os.chmod(Path(tmp) / "www" / "1k.bin", 0o644)
             backend_port, nginx_port, portside_port = free_port(), free_port(), free_port()
             conf = Path(tmp) / "backend.conf"

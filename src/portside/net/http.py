@@ -688,6 +688,10 @@ class _Failure:
     detail: str
 
 
+#: A request's fields as kept for a repeat: method, target, path, query, HTTP version,
+#: header fields, host, Content-Length.
+_RequestFields = tuple[str, str, str, str, str, tuple[tuple[str, str], ...], str, "int | None"]
+
 _IDLE: Final = 1
 _HEAD: Final = 2
 #: Replaces a closed connection's parser (never fed: nothing is read after the loss).
@@ -735,6 +739,10 @@ class _Connection(asyncio.Protocol):
         self._expect = ""
         self._current: Request | None = None
         self._error: ProtocolError | None = None
+        self._completed = 0  # requests whose message ended, on this connection
+        #: The last request that came whole in one piece, without a body (see
+        #: data_received): (its bytes, its fields).
+        self._repeat: tuple[bytes, _RequestFields] | None = None
         self._upgrade_leftover: bytes | None = None
         self._sendfile_waiter: asyncio.Future[None] | None = None
         self._lingering = False
@@ -820,8 +828,18 @@ class _Connection(asyncio.Protocol):
             return
         if self._timer_kind == _IDLE:
             self._head_begins()
+        between = not self._in_head and not self._in_body
+        repeat = self._repeat
+        if between and repeat is not None and data == repeat[0]:
+            # Byte for byte the last whole bodiless request, arriving between messages:
+            # httptools would parse it as it did then (same bytes, same state), so its
+            # fields are taken again. A new Request all the same: each is answered alone.
+            self._queue_repeat(repeat[1])
+            self._dispatch()
+            return
         if not self._in_body:
             self._head_raw += len(data)
+        completed = self._completed
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -833,7 +851,61 @@ class _Connection(asyncio.Protocol):
             if self._in_head and self._head_raw > self.limits.max_head_bytes:
                 self._error = ProtocolError("request head too large", status_hint=431)
                 self._parse_failed(None)
+            elif between and self._completed == completed + 1:
+                self._remember(data)
         self._dispatch()
+
+    def _remember(self, data: bytes) -> None:
+        """Keep ``data``'s request for :meth:`data_received` when it was exactly one whole
+        request, between messages, without a body, upgrade or Expect, and kept alive."""
+        if self._in_head or self._in_body or self._error is not None or not self._queue:
+            return
+        request = self._queue[-1]
+        if (
+            type(request) is not Request
+            or request.has_body
+            or request.upgrade
+            or not request.keep_alive
+            or request._expect_continue
+            or request.method == "CONNECT"
+        ):
+            return
+        self._repeat = (
+            bytes(data),
+            (
+                request.method,
+                request.target,
+                request.path,
+                request.query,
+                request.http_version,
+                tuple(request.headers.items),
+                request.host,
+                request.content_length,
+            ),
+        )
+
+    def _queue_repeat(self, fields: _RequestFields) -> None:
+        """What the callbacks of one whole bodiless request do, from its kept fields."""
+        method, target, path, query, version, items, host, length = fields
+        self.server.stats.requests += 1
+        request = Request(
+            self,
+            method=method,
+            target=target,
+            path=path,
+            query=query,
+            http_version=version,
+            headers=Headers(list(items)),
+            host=host,
+            keep_alive=True,
+            upgrade=False,
+            content_length=length,
+            chunked=False,
+            expect_continue=False,
+        )
+        request._finish()
+        self._completed += 1
+        self._queue.append(request)
 
     def eof_received(self) -> bool | None:
         # A half-close: answer what was asked, then close (no keep-alive after EOF).
@@ -913,6 +985,7 @@ class _Connection(asyncio.Protocol):
         self._current = None
         self._in_body = False
         self._in_head = False
+        self._completed += 1
 
     # -- request validation -----------------------------------------------------------
 
