@@ -198,3 +198,14 @@ def test_a_whole_request_sent_again_takes_the_repeat_path(server):
     body = REQUESTS[6]
     _, taken = _reply(server, [body, body, request[:10], request[10:], LAST], repeat=True)
     assert not taken
+
+
+def test_no_repeat_after_a_request_that_closes(server):
+    """After a request that ends the connection (HTTP/1.0 without keep-alive), httptools
+    refuses further bytes: the repeat path must not answer them either."""
+    request = REQUESTS[0]
+    closing = REQUESTS[4]
+    with_repeat, taken = _reply(server, [request, closing, request, LAST], repeat=True)
+    without, _ = _reply(server, [request, closing, request, LAST], repeat=False)
+    assert not taken
+    assert with_repeat == without

@@ -986,6 +986,8 @@ class _Connection(asyncio.Protocol):
         self._in_body = False
         self._in_head = False
         self._completed += 1
+        if not self._parser.should_keep_alive():
+            self._repeat = None  # httptools refuses what follows: so must the repeat path
 
     # -- request validation -----------------------------------------------------------
 
@@ -1849,6 +1851,8 @@ class ResponseParser:
         self._in_message = False
         self._in_body = False
         self._events.append(MessageEnd())
+        if not self._parser.should_keep_alive():
+            self._repeat = None  # httptools refuses what follows: so must the repeat path
 
 
 LAST_CHUNK: Final = b"0\r\n\r\n"
