@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,13 @@ def _alive(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except OSError:
         return False
+
+
+def _wait_gone(pid: int, timeout_s: float = 10.0) -> None:
+    """Until ``pid`` has ended (SIGKILL was sent; the kernel takes a moment), bounded."""
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        os.sched_yield()
 
 
 @contextlib.contextmanager
@@ -227,11 +235,22 @@ def test_it_refuses_to_signal_pid_1():
     if not unshare or not nsenter:
         pytest.skip("needs util-linux unshare and nsenter")
     outer = subprocess.Popen(
-        [unshare, "--pid", "--fork", "--mount-proc", sys.executable, "-c", LISTENER, "0"],
+        [
+            unshare,
+            "--pid",
+            "--fork",
+            "--kill-child",  # unshare's end ends its child too (pid 1 of the namespace)
+            "--mount-proc",
+            sys.executable,
+            "-c",
+            LISTENER,
+            "0",
+        ],
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
     )
+    host_pid = None
     try:
         assert outer.stdout is not None
         port, inner_pid = (int(x) for x in outer.stdout.readline().split())
@@ -260,8 +279,13 @@ def test_it_refuses_to_signal_pid_1():
         assert _alive(host_pid)
         assert _listening(port)
     finally:
-        outer.kill()  # unshare's child (pid 1 inside) dies with its namespace's reaper
+        if host_pid is not None and _alive(host_pid):
+            os.kill(host_pid, signal.SIGKILL)  # ours: the listener our unshare started
+        outer.kill()
         outer.wait()
+        if host_pid is not None:
+            _wait_gone(host_pid)
+        assert host_pid is None or not _alive(host_pid), "the listener outlived the test"
 
 
 def test_without_a_terminal_it_refuses_unless_yes():
