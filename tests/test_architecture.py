@@ -122,3 +122,12 @@ def test_who_json_imports_nothing_heavy():
     assert not {m for m in modules if m.split(".")[0] in HEAVY}
     # Nothing holds port 1 here, so no owner needs a pattern: re (~8 ms) stays out.
     assert "re" not in modules
+
+
+def test_the_cli_names_the_backend_variable_as_the_sockets_package_does():
+    """The CLI spells PORTSIDE_BACKEND out (importing it would import the data model
+    before the prescan starts): the two must stay one name."""
+    from portside import cli
+    from portside.sockets import BACKEND_ENV
+
+    assert cli._BACKEND_ENV == BACKEND_ENV

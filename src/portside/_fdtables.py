@@ -8,12 +8,12 @@ owner lookup (:mod:`portside.sockets._owners`) and the namespace discovery
 
 The prescan: when every fd table on the machine will probably have to be read (as root
 on a machine with many processes, where a root socket in the root cgroup narrows
-nothing), ``portside ls`` and ``portside who`` fork one reader at start-up. It lists
-every process's network namespace, then reads every fd table for every socket, and
-sends both back through a pipe, while the command imports, asks the kernel for its
-sockets and reads the kernel's settings on the other CPU. A command that finds it can
-narrow its search (every wanted socket has a uid or a cgroup that says where to look)
-ends the reader unread (:func:`cancel_prescan`). The reader's answer is a snapshot, as
+nothing), ``portside ls`` and the overview fork one reader at start-up. It lists every
+process's network namespace, then reads every fd table for every socket, and sends both
+back through a pipe, while the command imports, asks the kernel for its sockets and
+reads the kernel's settings on the other CPU. A command that finds it can narrow its
+search (every wanted socket has a uid or a cgroup that says where to look) ends the
+reader unread (:func:`end_prescan`). The reader's answer is a snapshot, as
 ``ss -p``'s is: a socket made after its holder's table was read shows no owner.
 """
 

@@ -212,12 +212,12 @@ def scan_holders(wanted: Mapping[int, tuple[int | None, int | None]]) -> OwnerSc
         # read already by the prescan.
         taken = prescan.holders() if prescan is not None else None
         end_prescan()
-        if taken is not None:
+        if prescan is not None and taken is not None:
             every, tables_read = taken
             return OwnerScan(
                 holders={inode: tuple(sorted(every[inode])) for inode in wanted if inode in every},
                 processes_read=tables_read,
-                processes_seen=prescan.processes if prescan is not None else 0,
+                processes_seen=prescan.processes,
             )
         return _scan_every_process(process_ids(), links, fd_counts_supported())
     end_prescan()  # narrowed: a few tables to read, not every one
