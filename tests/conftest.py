@@ -16,3 +16,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def proc_walks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Owners and namespaces found by walking /proc, as where the kernel's BPF task
+    iterators cannot run (not root, no BTF): the iterators are turned off."""
+    monkeypatch.setenv("PORTSIDE_BPF", "off")

@@ -385,6 +385,10 @@ def start_prescan() -> None:
     global _running
     if _running is not None or sys.platform != "linux" or os.geteuid() != 0:
         return
+    from portside._taskiter import known_to_work
+
+    if known_to_work():
+        return  # the kernel's task iterators will answer, in a fraction of the time
     try:
         if len(os.sched_getaffinity(0)) < 2 or not only_thread():
             return

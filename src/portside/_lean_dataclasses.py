@@ -10,13 +10,21 @@ Start-up is a feature of portside's commands, and defining dataclasses costs twi
   imported for real the first time anything else is asked of it.
 * :class:`methods_compiled_on_first_use` defers compiling every generated method but
   ``__init__`` to its first call.
+* The code dataclasses compiles is kept (:data:`compiled_code`): from the second run on,
+  each method's source is looked up, not compiled (``exec`` of the code object, which is
+  what ``exec`` of the source would have made). The code lives in a cache file of the
+  user's (:mod:`portside._usercache`), read on the first compile of a run and written by
+  :func:`save_compiled_code` (the CLI calls it as a command ends) when something new
+  was compiled; a library that imports portside compiles as before unless a cache is
+  there.
 
 Use ``from portside._lean_dataclasses import dataclasses`` where a module on a command's
-start-up path defines dataclasses. This module does no I/O.
+start-up path defines dataclasses. Apart from that cache, this module does no I/O.
 """
 
 from __future__ import annotations
 
+import builtins
 import sys
 import types
 
@@ -282,3 +290,92 @@ def _create_fn_on_first_use(
 
     method.__name__ = name
     return method
+
+
+# -- the compiled code, kept between runs ---------------------------------------------------
+
+#: More methods than this are compiled as usual, not kept (a library defining thousands).
+_MAX_KEPT = 2048
+
+
+class _CompiledCode:
+    """What dataclasses calls as ``exec``: ``exec`` itself, given the code compiled
+    before for the same source text when there is some (see the module's docstring)."""
+
+    FILE = f"dataclass-code-{sys.implementation.cache_tag}"
+
+    def __init__(self) -> None:
+        self.codes: dict[str, types.CodeType] | None = None
+        self.added = False
+
+    def exec(
+        self,
+        source: Any,
+        globals: Any = None,  # noqa: A002 -- exec's own parameter names
+        locals: Any = None,  # noqa: A002
+        /,
+    ) -> None:
+        if type(source) is str:
+            codes = self.loaded()
+            code = codes.get(source)
+            if code is None:
+                # As exec(source) compiles it there: without this module's __future__ flags.
+                code = compile(source, "<string>", "exec", dont_inherit=True)
+                if len(codes) < _MAX_KEPT:
+                    codes[source] = code
+                    self.added = True
+            source = code
+        builtins.exec(source, globals, locals)  # noqa: S102 -- dataclasses' own exec
+
+    def loaded(self) -> dict[str, types.CodeType]:
+        """The kept code by source text (read from the cache file the first time)."""
+        if self.codes is None:
+            import marshal
+
+            from portside._usercache import read
+
+            data = read(self.FILE)
+            codes: dict[str, types.CodeType] = {}
+            if data:
+                try:
+                    found = marshal.loads(data)  # noqa: S302 -- our own file, checked by _usercache
+                except (EOFError, ValueError, TypeError):
+                    found = None
+                if isinstance(found, dict) and all(
+                    type(key) is str and type(value) is types.CodeType
+                    for key, value in found.items()
+                ):
+                    codes = found
+            self.codes = codes
+        return self.codes
+
+    def save(self) -> None:
+        """Write the cache file, when this run compiled something it lacked."""
+        if self.added and self.codes is not None:
+            import marshal
+
+            from portside._usercache import write
+
+            write(self.FILE, marshal.dumps(self.codes))
+            self.added = False
+
+
+compiled_code = _CompiledCode()
+
+
+def _keeps_code() -> bool:
+    """Whether this dataclasses compiles methods with ``exec`` of source text, in
+    ``_create_fn`` (3.11, 3.12), so that giving it :data:`compiled_code` as ``exec`` is
+    all it takes."""
+    create = getattr(dataclasses, "_create_fn", None)
+    code = getattr(create, "__code__", None)
+    return code is not None and "exec" in code.co_names and "exec" not in vars(dataclasses)
+
+
+if _keeps_code():
+    dataclasses.exec = compiled_code.exec  # type: ignore[attr-defined]
+
+
+def save_compiled_code() -> None:
+    """Keep what this run compiled for the next (see the module's docstring)."""
+    compiled_code.save()

@@ -25,6 +25,8 @@ pytestmark = [
     pytest.mark.skipif(
         os.geteuid() != 0, reason="the prescan runs as root only (other users' fd tables)"
     ),
+    # The prescan runs only where the kernel's task iterators do not answer.
+    pytest.mark.usefixtures("proc_walks"),
 ]
 
 

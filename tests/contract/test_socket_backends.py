@@ -170,21 +170,25 @@ def available_backends() -> list[str]:
 
 
 @pytest.fixture(scope="module", params=available_backends())
-def backend(request: pytest.FixtureRequest) -> SocketBackend:
+def backend(request: pytest.FixtureRequest) -> Iterator[SocketBackend]:
     if request.param == "netlink":
         from portside.sockets._netlink import NetlinkBackend
 
         netlink = NetlinkBackend()
         if not netlink.is_available():
             pytest.skip("sock_diag is not available in this kernel")
-        return netlink
-    if request.param == "procfs":
+        yield netlink  # owners from the kernel's task iterators, as root
+    elif request.param == "procfs":
         from portside.sockets._procfs import ProcfsBackend
 
-        return ProcfsBackend()
-    from portside.sockets._psutil import PsutilBackend
+        # The fallback pair: no netlink, and owners found by walking /proc's fd tables.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("PORTSIDE_BPF", "off")
+            yield ProcfsBackend()
+    else:
+        from portside.sockets._psutil import PsutilBackend
 
-    return PsutilBackend()
+        yield PsutilBackend()
 
 
 @pytest.fixture(scope="module")
@@ -568,6 +572,7 @@ def _stop(child: subprocess.Popen[str]) -> None:
 
 
 @pytest.mark.root
+@pytest.mark.usefixtures("proc_walks")  # the narrowed /proc walks, not the iterators
 def test_another_users_socket_is_found_reading_only_that_users_processes():
     from portside.sockets._owners import scan_holders
 
@@ -595,6 +600,7 @@ def _uid_of(pid: str) -> int | None:
 
 
 @pytest.mark.root
+@pytest.mark.usefixtures("proc_walks")  # the narrowed /proc walks, not the iterators
 def test_a_socket_passed_to_another_user_is_still_found():
     """Narrowing by uid is a search order: the holder outside it is found in phase 2."""
     from portside.sockets._owners import scan_holders
@@ -620,6 +626,7 @@ def test_a_socket_passed_to_another_user_is_still_found():
 
 
 @pytest.mark.root
+@pytest.mark.usefixtures("proc_walks")  # the narrowed /proc walks, not the iterators
 def test_a_socket_of_a_child_cgroup_is_found_reading_only_that_cgroup():
     from portside.sockets._owners import cgroup2_mount, scan_holders
 

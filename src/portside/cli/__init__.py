@@ -170,13 +170,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(exc.code or 0)
     debug = bool(getattr(options, "debug", False))
     brief = options.handler in _BRIEF
+    if brief:
+        # Where the kernel's task iterators work, they walk its tables now, in a thread,
+        # while the rest of portside is imported (portside._taskiter).
+        from portside._taskiter import start_early
+
+        start_early()
     if (
         options.handler in _EVERY_LISTENER
         and getattr(options, "backend", None) is None
         and _BACKEND_ENV not in os.environ
     ):
         # Every fd table will probably be read: a forked reader starts on it now, while
-        # the rest of portside is imported (portside._fdtables says when it pays).
+        # the rest of portside is imported (portside._fdtables says when it pays; not
+        # where the task iterators answer).
         from portside._fdtables import start_prescan
 
         start_prescan()
@@ -202,10 +209,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if pause_gc:
             gc.enable()
+        if "portside._lean_dataclasses" in sys.modules:
+            # What this command compiled for its records, kept for the next one.
+            sys.modules["portside._lean_dataclasses"].save_compiled_code()
         if brief:
             from portside._fdtables import end_prescan
+            from portside._taskiter import end_early
 
             end_prescan()  # not needed after all, or the command failed: killed, reaped
+            end_early()  # what it saw was this command's only
     if argv is None and brief:
         _exit_now(status)
     return status

@@ -7,8 +7,8 @@ A namespace is known by the inode of its ``nsfs`` file. The current one is
 what is not visible is skipped quietly.
 
 Python 3.11 has no ``os.setns``, so :func:`run_in_namespace` calls libc's ``setns``
-(through ``_ctypes``, the C half of ctypes: the rest would cost milliseconds to import)
-in a short-lived thread (``_thread``, likewise): setns moves only the calling thread,
+(through :mod:`portside._libc`: ctypes would cost milliseconds to import) in a
+short-lived thread (``_thread``, likewise): setns moves only the calling thread,
 sockets created there stay in that namespace, and the rest of the process never moves.
 """
 
@@ -18,6 +18,7 @@ import os
 import sys
 
 from portside._fdtables import namespace_pids, running_prescan
+from portside._taskiter import namespace_pids as iterated_namespace_pids
 from portside.errors import AccessDeniedError
 from portside.models import NetNamespace
 
@@ -75,10 +76,13 @@ def _comm(pid: int) -> str:
 
 
 def _namespace_pids() -> dict[int, int]:
-    """inode -> the lowest pid inside each namespace we may see (from the prescan when
-    one runs: it walked every process already)."""
+    """inode -> the lowest pid inside each namespace we may see: from the prescan when
+    one runs (it walked every process already), else from the kernel's task iterator
+    where it runs, else a walk of ``/proc``."""
     prescan = running_prescan()
     found = prescan.namespaces() if prescan is not None else None
+    if found is None:
+        found = iterated_namespace_pids()
     return found if found is not None else namespace_pids()
 
 
@@ -125,33 +129,11 @@ def _open_namespace(namespace: NetNamespace, pid: int | None) -> int:
     raise NamespaceGoneError(namespace.name)
 
 
-_SETNS: list[Callable[[int, int], int]] = []
-
-
-def _libc_setns() -> Callable[[int, int], int]:
-    """libc's ``int setns(int fd, int nstype)``, as ``ctypes.CDLL(None, use_errno=True)``
-    gives it, made from ``_ctypes`` alone."""
-    if not _SETNS:
-        import _ctypes
-
-        class _Int(_ctypes._SimpleCData):  # type: ignore[type-arg]  # ctypes.c_int
-            _type_ = "i"
-
-        class _Function(_ctypes.CFuncPtr):  # ctypes.CFUNCTYPE(c_int, c_int, c_int, use_errno=True)
-            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
-            _restype_ = _Int
-            _argtypes_ = (_Int, _Int)
-
-        libc = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)  # type: ignore[arg-type]  # the program
-        _SETNS.append(_Function(_ctypes.dlsym(libc, "setns")))
-    return _SETNS[0]
-
-
 def _setns(fd: int) -> None:
-    import _ctypes
+    from portside._libc import last_errno, libc_function
 
-    if _libc_setns()(fd, CLONE_NEWNET) != 0:
-        error = _ctypes.get_errno()
+    if libc_function("setns", "i", "ii")(fd, CLONE_NEWNET) != 0:
+        error = last_errno()
         if error == 1:  # EPERM: needs CAP_SYS_ADMIN
             raise AccessDeniedError("another network namespace")
         raise OSError(error, os.strerror(error))

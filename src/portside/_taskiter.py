@@ -1,0 +1,353 @@
+"""Which processes hold which sockets, and which network namespace each process is in,
+asked of the kernel itself: BPF task iterators, where they can run.
+
+``ss -p`` and ``lsof`` read every process's fd table through ``/proc`` (a ``readlink``
+per open file): tens of milliseconds on a busy machine, and most of ``ss -tlnp``'s time.
+Linux 5.8+ can instead run a small verified program over every open file of every
+process (a *task_file* iterator) and over every task (a *task* iterator), and hand back
+what it writes through one ``read``. The two programs (:mod:`portside._bpfprograms`)
+write one record per socket (its inode and holder) and one per process (its pid and
+network namespace): the same answers as the ``/proc`` walks, in a few milliseconds.
+
+Used only where it can answer for the whole machine: as root (loading the programs
+needs CAP_BPF and CAP_PERFMON), in the first pid namespace (the iterators see the pid
+namespace they were made in, and give the pids of the first one), on Linux x86-64 or
+arm64 with BTF (``/sys/kernel/btf/vmlinux``). ``PORTSIDE_BPF=off`` turns it off. Any
+refusal or error falls back to the ``/proc`` walks, silently.
+
+The programs read kernel structures at offsets of this kernel's build, found in its BTF
+(:mod:`portside._btf`: reading and walking 5 MB costs about 60 ms). They are kept in a
+small cache file per kernel build (``kernel-layout`` in the user's cache directory,
+:mod:`portside._usercache`); where no such file can be written the ``/proc`` walks are
+used instead. A kernel whose BTF or verifier refuses the programs is remembered there
+too, so that it is not asked again.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+ENV = "PORTSIDE_BPF"
+BTF_PATH = "/sys/kernel/btf/vmlinux"
+CACHE_NAME = "kernel-layout"
+_CACHE_VERSION = "1"
+_REFUSED = "refused"
+_INIT_PID_NAMESPACE = 0xEFFFFFFC  # PROC_PID_INIT_INO: the inode of the first pid namespace
+_BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}
+_PROG_LOAD, _LINK_CREATE, _ITER_CREATE = 5, 28, 33  # enum bpf_cmd
+_PROG_TYPE_TRACING, _TRACE_ITER = 26, 28  # enum bpf_prog_type, enum bpf_attach_type
+_EPERM = 1
+
+#: Up to this many sockets are looked for one by one in the iterator's answer, instead of
+#: reading all of it.
+_FEW_INODES = 64
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
+    from portside._bpfprograms import KernelLayout
+
+#: The two iterator links once made: [(task_file link fd, task link fd)], or [None]
+#: when they cannot be made in this process; empty until first asked.
+_links: list[tuple[int, int] | None] = []
+
+
+def usable() -> bool:
+    """Whether the iterators may be tried here (see the module's docstring); says
+    nothing of whether the kernel will accept them."""
+    if sys.platform != "linux" or os.environ.get(ENV, "").lower() in ("off", "0", "no"):
+        return False
+    if os.geteuid() != 0 or os.uname().machine not in _BPF_SYSCALL:
+        return False
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino == _INIT_PID_NAMESPACE
+    except OSError:
+        return False
+
+
+def known_to_work() -> bool:
+    """Whether the iterators may be tried and their layout is already cached for this
+    kernel: then a ``/proc`` walk would cost more than asking them (one file read)."""
+    return usable() and isinstance(_cached_layout(), tuple)
+
+
+def socket_holders(
+    inodes: Collection[int] | None = None,
+) -> tuple[dict[int, list[int]], int] | None:
+    """(socket inode -> the pids holding it, ascending; how many processes hold a
+    socket), for every socket of every process, or for ``inodes`` only; None when the
+    iterators cannot run. The early run's answer when one was started (see
+    :func:`start_early`)."""
+    data = _iterated(_FILES)
+    if data is None:
+        return None
+    from portside._bpfprograms import holders_from_records, holders_of
+
+    if inodes is not None and len(inodes) <= _FEW_INODES:
+        return holders_of(data, inodes)
+    return holders_from_records(data)
+
+
+def namespace_pids() -> dict[int, int] | None:
+    """Network namespace inode -> the lowest pid inside it, for every process; None when
+    the iterators cannot run. The early run's answer when one was started."""
+    data = _iterated(_TASKS)
+    if data is None:
+        return None
+    from portside._bpfprograms import namespaces_from_records
+
+    return namespaces_from_records(data)
+
+
+_TASKS, _FILES = 1, 0  # which link of _made_links
+#: The early run, once started: (a lock held until it ended, its answers by link).
+_early: list[tuple[object, dict[int, bytes | None]]] = []
+
+
+def start_early() -> None:
+    """Run both iterators now, in a thread, when they are known to work here: the kernel
+    walks its tables while the command imports the rest of portside (the walks are
+    system calls, and release the interpreter lock). :func:`namespace_pids` and
+    :func:`socket_holders` each take its answer once, waiting for it if need be; later
+    calls run the iterators afresh. The answers are a snapshot taken at start, as
+    ``ss -p``'s are: a socket made after it shows no holder."""
+    end_early()  # a run of an earlier command in this process is not this one's
+    if not known_to_work():
+        return
+    import _thread
+
+    done = _thread.allocate_lock()
+    done.acquire()
+    answers: dict[int, bytes | None] = {}
+
+    def work() -> None:
+        try:
+            links = _made_links()
+            if links is not None:
+                answers[_TASKS] = _run(links[_TASKS])  # asked for first
+                answers[_FILES] = _run(links[_FILES])
+        except BaseException:  # noqa: S110 -- the answer is then asked again, in the caller
+            pass
+        finally:
+            done.release()
+
+    _early.append((done, answers))
+    try:
+        _thread.start_new_thread(work, ())
+    except RuntimeError:  # no thread could be started
+        _early.clear()
+
+
+def end_early() -> None:
+    """Forget the early run (once it ended), taken or not: what it saw belongs to the
+    command that started it."""
+    if _early:
+        done, _answers = _early[0]
+        with done:  # type: ignore[attr-defined]  # an _thread lock: ended once released
+            pass
+        _early.clear()
+
+
+def _iterated(which: int) -> bytes | None:
+    """What the iterator ``which`` writes: the early run's answer if not taken yet, else
+    a fresh run. None when the iterators may not or cannot run (asked every time:
+    ``PORTSIDE_BPF`` may change in a long-lived process)."""
+    if not usable():
+        return None
+    if _early:
+        done, answers = _early[0]
+        with done:  # type: ignore[attr-defined]  # an _thread lock: ended once released
+            pass
+        if which in answers:
+            return answers.pop(which)
+    links = _made_links()
+    return _run(links[which]) if links is not None else None
+
+
+# -- the cache of the kernel's layout --------------------------------------------------------
+
+
+def _cache_key() -> str | None:
+    """What names this kernel build: its release, version (build number and date) and
+    the size of its BTF; None without BTF."""
+    try:
+        size = os.stat(BTF_PATH).st_size
+    except OSError:
+        return None
+    system = os.uname()
+    return f"{_CACHE_VERSION} {system.release} {system.version} {size}"
+
+
+_read_cache: list[tuple[int, ...] | str | None] = []
+
+
+def _cached_layout() -> tuple[int, ...] | str | None:
+    """The cached layout values for this kernel, :data:`_REFUSED` when this kernel
+    refused the programs before, None when nothing is cached for it."""
+    if not _read_cache:
+        from portside._usercache import read
+
+        found: tuple[int, ...] | str | None = None
+        data, key = read(CACHE_NAME), _cache_key()
+        lines = data.split(b"\n") if data is not None else []
+        if key is not None and len(lines) >= 2 and lines[0] == key.encode():
+            if lines[1] == _REFUSED.encode():
+                found = _REFUSED
+            else:
+                try:
+                    found = tuple(int(word) for word in lines[1].split())
+                except ValueError:
+                    found = None
+        _read_cache.append(found)
+    return _read_cache[0]
+
+
+def _write_cache(value: str) -> None:
+    """The cache file, replaced whole by one for this kernel holding ``value``."""
+    from portside._usercache import write
+
+    key = _cache_key()
+    if key is not None:
+        write(CACHE_NAME, f"{key}\n{value}\n".encode())
+    _read_cache[:] = []
+
+
+def _layout() -> KernelLayout | None:
+    """This kernel's layout: cached, or found in its BTF and cached (only where the
+    cache can be written: walking the BTF on every run would cost more than the
+    ``/proc`` walks it replaces). None when unknown or refused."""
+    from portside._bpfprograms import KernelLayout
+
+    cached = _cached_layout()
+    if cached == _REFUSED:
+        return None
+    if isinstance(cached, tuple):
+        try:
+            return KernelLayout(cached)
+        except ValueError:
+            pass  # a cache from another portside: found again below
+    from portside._btf import BtfError, kernel_layout
+    from portside._usercache import writable
+
+    if not writable():
+        return None
+    try:
+        with open(BTF_PATH, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    try:
+        layout = kernel_layout(data)
+    except BtfError:
+        _write_cache(_REFUSED)
+        return None
+    _write_cache(" ".join(str(value) for value in layout.values()))
+    return layout
+
+
+# -- the bpf system call -----------------------------------------------------------------------
+
+
+class _BpfError(OSError):
+    pass
+
+
+def _bpf(command: int, attributes: bytes) -> int:
+    """bpf(command, attributes): the fd it returns. Raises _BpfError with errno."""
+    import array
+
+    from portside._libc import last_errno, libc_function
+
+    syscall = libc_function("syscall", "l", "llll")
+    buffer = array.array("B", attributes)
+    result = syscall(
+        _BPF_SYSCALL[os.uname().machine], command, buffer.buffer_info()[0], len(buffer)
+    )
+    if result < 0:
+        error = last_errno()
+        raise _BpfError(error, os.strerror(error))
+    return result
+
+
+def _load(program: bytes, attach_to: int, name: bytes) -> int:
+    """The fd of ``program`` loaded as a task iterator attached to BTF function id
+    ``attach_to``."""
+    import array
+    import struct
+
+    from portside._bpfprograms import LICENSE
+
+    code = array.array("B", program)
+    license_ = array.array("B", LICENSE)
+    attributes = bytearray(128)
+    struct.pack_into(
+        "<IIQQ", attributes, 0, _PROG_TYPE_TRACING, len(program) // 8,
+        code.buffer_info()[0], license_.buffer_info()[0],
+    )  # fmt: skip
+    attributes[48 : 48 + len(name)] = name  # prog_name: 15 characters at most
+    struct.pack_into("<I", attributes, 68, _TRACE_ITER)  # expected_attach_type
+    struct.pack_into("<I", attributes, 108, attach_to)  # attach_btf_id
+    return _bpf(_PROG_LOAD, bytes(attributes))
+
+
+def _link(program: int) -> int:
+    import struct
+
+    return _bpf(_LINK_CREATE, struct.pack("<IIII16x", program, 0, _TRACE_ITER, 0))
+
+
+def _made_links() -> tuple[int, int] | None:
+    """The two iterator links, made on first use; None when they cannot be."""
+    if _links:
+        return _links[0]
+    links: tuple[int, int] | None = None
+    layout = _layout() if usable() else None
+    if layout is not None:
+        from portside._bpfprograms import task_file_program, task_program
+
+        made: list[int] = []
+        try:
+            for program, attach_to, name in (
+                (task_file_program(layout), layout.task_file_function, b"portside_files"),
+                (task_program(layout), layout.task_function, b"portside_tasks"),
+            ):
+                loaded = _load(program, attach_to, name)
+                try:
+                    made.append(_link(loaded))
+                finally:
+                    os.close(loaded)  # the link keeps the program
+            links = (made[0], made[1])
+        except _BpfError as error:
+            for fd in made:
+                os.close(fd)
+            # EPERM is a missing capability (a container, a user namespace), which may
+            # change from one run to the next; anything else (the verifier's EACCES or
+            # EINVAL) is this kernel's answer: it is not asked again.
+            if error.errno != _EPERM:
+                _write_cache(_REFUSED)
+        except (OSError, AttributeError):
+            for fd in made:
+                os.close(fd)
+    _links.append(links)
+    return links
+
+
+def _run(link: int) -> bytes | None:
+    """Everything one fresh run of the iterator ``link`` writes; None on an error."""
+    import struct
+
+    try:
+        iterator = _bpf(_ITER_CREATE, struct.pack("<II", link, 0))
+    except OSError:
+        return None
+    chunks: list[bytes] = []
+    try:
+        while chunk := os.read(iterator, 1 << 18):
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(iterator)
+    return b"".join(chunks)
