@@ -294,18 +294,22 @@ def _create_fn_on_first_use(
 
 # -- the compiled code, kept between runs ---------------------------------------------------
 
-#: More methods than this are compiled as usual, not kept (a library defining thousands).
-_MAX_KEPT = 2048
+#: At most this many methods are kept: past it, a run that adds one keeps only those it
+#: used (the code of earlier portside versions goes).
+_MAX_KEPT = 512
 
 
 class _CompiledCode:
     """What dataclasses calls as ``exec``: ``exec`` itself, given the code compiled
-    before for the same source text when there is some (see the module's docstring)."""
+    before for the same source text when there is some (see the module's docstring).
+    Only portside's own records are kept: other modules' dataclasses (a library's, a
+    test's) are compiled as usual."""
 
     FILE = f"dataclass-code-{sys.implementation.cache_tag}"
 
     def __init__(self) -> None:
         self.codes: dict[str, types.CodeType] | None = None
+        self.used: set[str] = set()
         self.added = False
 
     def exec(
@@ -316,14 +320,18 @@ class _CompiledCode:
         /,
     ) -> None:
         if type(source) is str:
-            codes = self.loaded()
+            kept = _is_portside(globals)
+            codes = self.loaded() if kept else {}
             code = codes.get(source)
             if code is None:
-                # As exec(source) compiles it there: without this module's __future__ flags.
+                # As exec(source) compiles it in dataclasses: without the __future__ flags
+                # of this module, which exec would otherwise pass on (string annotations).
                 code = compile(source, "<string>", "exec", dont_inherit=True)
-                if len(codes) < _MAX_KEPT:
+                if kept:
                     codes[source] = code
                     self.added = True
+            if kept:
+                self.used.add(source)
             source = code
         builtins.exec(source, globals, locals)  # noqa: S102 -- dataclasses' own exec
 
@@ -356,8 +364,17 @@ class _CompiledCode:
 
             from portside._usercache import write
 
+            if len(self.codes) > _MAX_KEPT:
+                self.codes = {source: self.codes[source] for source in self.used}
             write(self.FILE, marshal.dumps(self.codes))
             self.added = False
+
+
+def _is_portside(namespace: Any) -> bool:
+    """Whether ``namespace`` (the globals dataclasses compiles a method in: its class's
+    module's) is one of portside's modules."""
+    name = namespace.get("__name__", "") if type(namespace) is dict else ""
+    return type(name) is str and (name == "portside" or name.startswith("portside."))
 
 
 compiled_code = _CompiledCode()

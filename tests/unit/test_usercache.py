@@ -7,6 +7,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -87,15 +88,25 @@ def test_kept_code_makes_the_same_methods(cache: Path, monkeypatch: pytest.Monke
         _lean_dataclasses, "compiled_code", kept := _lean_dataclasses._CompiledCode()
     )
     monkeypatch.setattr(_lean_dataclasses.dataclasses, "exec", kept.exec)
+    # Records of a portside module (only those are kept): dataclasses compiles their
+    # methods in that module's namespace.
+    records = types.ModuleType("portside.kept_records_of_a_test")
+    monkeypatch.setitem(sys.modules, records.__name__, records)
 
     def define() -> type:
         @dataclasses.dataclass(frozen=True, kw_only=True)
         class Record:
+            __module__ = records.__name__
             name: str
             size: int = 3
 
         return Record
 
+    @dataclasses.dataclass
+    class NotPortsides:
+        value: int
+
+    assert not kept.added  # a test's own dataclass: compiled as usual, not kept
     first = define()
     assert kept.added
     sources = dict(kept.loaded())
@@ -152,3 +163,15 @@ def test_the_cli_keeps_the_code_for_the_next_run(tmp_path: Path):
     subprocess.run(command, env=env, capture_output=True, check=False)
     assert kept.stat().st_mtime_ns == written
     assert kept.stat().st_size == size
+
+
+def test_a_full_cache_keeps_only_what_the_run_used(cache: Path, monkeypatch: pytest.MonkeyPatch):
+    kept = _lean_dataclasses._CompiledCode()
+    stale = compile("pass", "<string>", "exec")
+    kept.codes = {f"# an older portside's method {n}": stale for n in range(600)}
+    namespace = {"__name__": "portside.somewhere"}
+    kept.exec("def made(): return 1", namespace, namespace)
+    assert kept.added
+    kept.save()
+    written = __import__("marshal").loads((cache / kept.FILE).read_bytes())
+    assert list(written) == ["def made(): return 1"]
