@@ -239,12 +239,15 @@ def holders_of(data: bytes, inodes: Iterable[int]) -> tuple[dict[int, list[int]]
     return holders, len(set(array.array("Q", data)[1::2]))
 
 
-def namespaces_from_records(data: bytes) -> dict[int, int]:
+def namespaces_from_records(data: bytes, reader: int) -> dict[int, int] | None:
     """Network namespace inode -> the lowest pid inside it, from the task program's
-    records."""
+    records; None when the process ``reader`` (the one that ran the program, which must
+    be among them) is not: kernel reads that failed (as under lockdown) write no record."""
     if len(data) % TASK_RECORD_SIZE:
         raise ValueError("a task record was cut short")
     words = array.array("I", data)
+    if reader not in words[0::2]:
+        return None
     lowest: dict[int, int] = {}
     for pid, namespace in zip(words[0::2], words[1::2], strict=True):
         known = lowest.get(namespace)

@@ -98,7 +98,7 @@ def namespace_pids() -> dict[int, int] | None:
         return None
     from portside._bpfprograms import namespaces_from_records
 
-    return namespaces_from_records(data)
+    return namespaces_from_records(data, os.getpid())
 
 
 _TASKS, _FILES = 1, 0  # which link of _made_links

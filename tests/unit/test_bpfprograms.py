@@ -85,10 +85,18 @@ def test_inodes_beyond_32_bits_survive():
 
 
 def test_namespaces_keep_the_lowest_pid():
-    data = b"".join(
-        struct.pack("<II", pid, namespace) for pid, namespace in [(50, 7), (3, 7), (9, 8), (70, 7)]
-    )
-    assert namespaces_from_records(data) == {7: 3, 8: 9}
+    pairs = [(50, 7), (3, 7), (9, 8), (70, 7)]
+    data = b"".join(struct.pack("<II", pid, namespace) for pid, namespace in pairs)
+    assert namespaces_from_records(data, 70) == {7: 3, 8: 9}
+
+
+def test_namespaces_without_the_reader_are_no_answer():
+    """Reads that failed write no record (bpf_probe_read_kernel under lockdown): the
+    process that ran the program is then missing, and the answer is refused."""
+    data = struct.pack("<II", 50, 7)
+    assert namespaces_from_records(data, 51) is None
+    assert namespaces_from_records(data[:0], 51) is None
+    assert namespaces_from_records(struct.pack("<II", 7, 51), 51) is None  # 51 a namespace
 
 
 @pytest.mark.parametrize(
@@ -96,8 +104,9 @@ def test_namespaces_keep_the_lowest_pid():
     [(holders_from_records, FILE_RECORD_SIZE), (namespaces_from_records, TASK_RECORD_SIZE)],
 )
 def test_a_record_cut_short_is_refused(read, size):
+    arguments = (1,) if read is namespaces_from_records else ()
     with pytest.raises(ValueError, match="cut short"):
-        read(bytes(size + 3))
+        read(bytes(size + 3), *arguments)
 
 
 def test_a_lookup_of_a_few_inodes_agrees_with_reading_every_record():
