@@ -139,7 +139,11 @@ def test_kept_code_makes_the_same_methods(cache: Path, monkeypatch: pytest.Monke
     assert (a.name, a.size, repr(a)) == (b.name, b.size, repr(b))
     # The annotations are the fields' (the code is compiled without this or portside's
     # ``from __future__ import annotations``, as dataclasses compiles it).
-    assert vars(second)["__init__"].__annotations__ == {"name": "str", "size": "int", "return": None}
+    assert vars(second)["__init__"].__annotations__ == {
+        "name": "str",
+        "size": "int",
+        "return": None,
+    }
     assert second(name="x") == second(name="x")
     assert hash(second(name="x")) == hash(second(name="x"))
     with pytest.raises(dataclasses.FrozenInstanceError):
