@@ -19,6 +19,7 @@ import pytest
 
 from portside import _fdtables
 from portside.sockets import _owners
+from tests.contract._holders import start_holder, stop_holder
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="fd tables and namespaces are Linux's"),
@@ -30,27 +31,6 @@ pytestmark = [
 ]
 
 
-def _holder(sockets: list[socket.socket]) -> subprocess.Popen[str]:
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        pass_fds=[s.fileno() for s in sockets],
-    )
-    assert child.stdout is not None
-    assert child.stdout.readline() == "ready\n"
-    return child
-
-
-def _stop(child: subprocess.Popen[str]) -> None:
-    assert child.stdin is not None
-    assert child.stdout is not None
-    child.stdin.close()
-    child.wait()
-    child.stdout.close()
-
-
 @pytest.fixture
 def shared_sockets() -> Iterator[tuple[list[int], dict[int, tuple[int, ...]]]]:
     """Four listeners of this process, two of them passed to one child and two (one in
@@ -59,8 +39,8 @@ def shared_sockets() -> Iterator[tuple[list[int], dict[int, tuple[int, ...]]]]:
         sockets = [stack.enter_context(socket.create_server(("127.0.0.1", 0))) for _ in range(4)]
         children = []
         for shared in (sockets[:2], sockets[1:3]):
-            child = _holder(shared)
-            stack.callback(_stop, child)
+            child = start_holder(shared)
+            stack.callback(stop_holder, child)
             children.append(child.pid)
         inodes = [os.fstat(s.fileno()).st_ino for s in sockets]
         me = os.getpid()

@@ -36,6 +36,7 @@ from portside.models import (
     Transport,
 )
 from portside.sockets import SocketBackend, SocketQuery, listeners, port_sockets, socket_table
+from tests.contract._holders import start_holder, stop_holder
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the zoo uses Linux socket options")
 
@@ -563,14 +564,6 @@ def _as_nobody(
     return child, pid, port, inode
 
 
-def _stop(child: subprocess.Popen[str]) -> None:
-    assert child.stdin is not None
-    assert child.stdout is not None
-    child.stdin.close()
-    child.wait(timeout=10)
-    child.stdout.close()
-
-
 @pytest.mark.root
 @pytest.mark.usefixtures("proc_walks")  # the narrowed /proc walks, not the iterators
 def test_another_users_socket_is_found_reading_only_that_users_processes():
@@ -589,7 +582,7 @@ def test_another_users_socket_is_found_reading_only_that_users_processes():
         assert entry.uid == NOBODY
         assert [o.process.pid for o in entry.owners] == [pid]
     finally:
-        _stop(child)
+        stop_holder(child)
 
 
 def _uid_of(pid: str) -> int | None:
@@ -622,7 +615,7 @@ def test_a_socket_passed_to_another_user_is_still_found():
                 assert entry.owner_status is OwnerStatus.FOUND
                 assert [o.process.pid for o in entry.owners] == [os.getpid()]
         finally:
-            _stop(child)
+            stop_holder(child)
 
 
 @pytest.mark.root
@@ -670,7 +663,7 @@ def test_a_socket_of_a_child_cgroup_is_found_reading_only_that_cgroup():
         assert scan.processes_read <= 3  # the child (+ processes that came and went)
         assert scan.processes_read < scan.processes_seen
     finally:
-        _stop(child)
+        stop_holder(child)
         os.rmdir(path)
 
 
@@ -698,7 +691,7 @@ def test_a_socket_shared_with_a_child_process_lists_both_holders(backend):
             else:
                 assert pids == sorted([os.getpid(), child.pid])
         finally:
-            _stop(child)
+            stop_holder(child)
 
 
 def test_nothing_wanted_reads_nothing():
@@ -740,16 +733,8 @@ def test_forked_readers_find_what_one_reader_finds(readers, monkeypatch):
         sockets = [stack.enter_context(socket.create_server(("127.0.0.1", 0))) for _ in range(4)]
         children = []
         for shared in (sockets[:2], sockets[1:3]):  # socket 1 is in both children
-            child = subprocess.Popen(
-                [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-                pass_fds=[s.fileno() for s in shared],
-            )
-            stack.callback(_stop, child)
-            assert child.stdout is not None
-            assert child.stdout.readline() == "ready\n"
+            child = start_holder(shared)
+            stack.callback(stop_holder, child)
             children.append(child.pid)
         inodes = [os.fstat(s.fileno()).st_ino for s in sockets]
         links = _owners._links(inodes)

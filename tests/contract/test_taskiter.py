@@ -18,6 +18,7 @@ import pytest
 
 from portside import _fdtables, _taskiter
 from portside.sockets import _owners
+from tests.contract._holders import start_holder, stop_holder
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="BPF task iterators are Linux's"),
@@ -37,27 +38,6 @@ def fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "portside" / _taskiter.CACHE_NAME
 
 
-def _holder(sockets: list[socket.socket]) -> subprocess.Popen[str]:
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        pass_fds=[s.fileno() for s in sockets],
-    )
-    assert child.stdout is not None
-    assert child.stdout.readline() == "ready\n"
-    return child
-
-
-def _stop(child: subprocess.Popen[str]) -> None:
-    assert child.stdin is not None
-    assert child.stdout is not None
-    child.stdin.close()
-    child.wait(timeout=10)
-    child.stdout.close()
-
-
 @pytest.fixture
 def shared() -> Iterator[tuple[dict[int, list[int]], int]]:
     """Three listeners of this process, two passed to a child, one also dup'ed here:
@@ -66,8 +46,8 @@ def shared() -> Iterator[tuple[dict[int, list[int]], int]]:
         sockets = [stack.enter_context(socket.create_server(("127.0.0.1", 0))) for _ in range(3)]
         duplicate = os.dup(sockets[0].fileno())
         stack.callback(os.close, duplicate)
-        child = _holder(sockets[:2])
-        stack.callback(_stop, child)
+        child = start_holder(sockets[:2])
+        stack.callback(stop_holder, child)
         me = os.getpid()
         expected = {
             os.fstat(sockets[0].fileno()).st_ino: sorted([me, child.pid]),
