@@ -80,20 +80,28 @@ def socket_holders(
     socket), for every socket of every process, or for ``inodes`` only; None when the
     iterators cannot run. The early run's answer when one was started (see
     :func:`start_early`)."""
-    data = _iterated(_FILES)
-    if data is None:
-        return None
     from portside._bpfprograms import holders_from_records, holders_of
 
-    if inodes is not None and len(inodes) <= _FEW_INODES:
-        return holders_of(data, inodes)
-    return holders_from_records(data)
+    data, early = _iterated(_FILES)
+    for _ in range(2):
+        if data is None:
+            return None
+        if inodes is not None and len(inodes) <= _FEW_INODES:
+            found = holders_of(data, inodes)
+        else:
+            found = holders_from_records(data)
+        if not early or inodes is None or all(inode in found[0] for inode in inodes):
+            break
+        # A wanted socket the early snapshot does not know may be younger than it:
+        # asked once more, now (no older than the caller's socket table).
+        data, early = _iterated(_FILES)
+    return found
 
 
 def namespace_pids() -> dict[int, int] | None:
     """Network namespace inode -> the lowest pid inside it, for every process; None when
     the iterators cannot run. The early run's answer when one was started."""
-    data = _iterated(_TASKS)
+    data, _early_answer = _iterated(_TASKS)
     if data is None:
         return None
     from portside._bpfprograms import namespaces_from_records
@@ -150,20 +158,20 @@ def end_early() -> None:
         _early.clear()
 
 
-def _iterated(which: int) -> bytes | None:
-    """What the iterator ``which`` writes: the early run's answer if not taken yet, else
-    a fresh run. None when the iterators may not or cannot run (asked every time:
-    ``PORTSIDE_BPF`` may change in a long-lived process)."""
+def _iterated(which: int) -> tuple[bytes | None, bool]:
+    """What the iterator ``which`` writes, and whether that is the early run's answer
+    (taken once; else a fresh run). None when the iterators may not or cannot run
+    (asked every time: ``PORTSIDE_BPF`` may change in a long-lived process)."""
     if not usable():
-        return None
+        return None, False
     if _early:
         done, answers = _early[0]
         with done:  # type: ignore[attr-defined]  # an _thread lock: ended once released
             pass
         if which in answers:
-            return answers.pop(which)
+            return answers.pop(which), True
     links = _made_links()
-    return _run(links[which]) if links is not None else None
+    return (_run(links[which]) if links is not None else None), False
 
 
 # -- the cache of the kernel's layout --------------------------------------------------------

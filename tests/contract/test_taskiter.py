@@ -81,16 +81,16 @@ def test_the_task_iterator_finds_every_namespace_with_its_lowest_pid(fresh: Path
     unshare = shutil.which("unshare")
     if unshare is None:
         pytest.skip("unshare (util-linux) is not installed")
-    child = subprocess.Popen([unshare, "--net", "--", "sleep", "60"])
+    child = subprocess.Popen(
+        [unshare, "--net", "--", "sh", "-c", "echo ready; exec sleep 60"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        namespace = None
-        for _ in range(1000):  # until unshare has made the namespace (it then execs sleep)
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{child.pid}/exe").endswith("sleep"):
-                    namespace = os.stat(f"/proc/{child.pid}/ns/net").st_ino
-                    break
-            os.sched_yield()
-        assert namespace is not None
+        assert child.stdout is not None
+        assert child.stdout.readline() == "ready\n"  # the shell runs in the new namespace
+        namespace = os.stat(f"/proc/{child.pid}/ns/net").st_ino
+        assert namespace != os.stat("/proc/self/ns/net").st_ino
         iterated = _taskiter.namespace_pids()
         walked = _fdtables.namespace_pids()
         assert iterated is not None
@@ -102,6 +102,8 @@ def test_the_task_iterator_finds_every_namespace_with_its_lowest_pid(fresh: Path
     finally:
         child.kill()
         child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
 
 
 def test_the_layout_is_cached_whole_and_read_back(fresh: Path):
@@ -203,6 +205,24 @@ def test_the_early_run_answers_once_then_each_call_runs_afresh(fresh: Path):
     assert set(answers) == {_taskiter._TASKS}  # the files' answer taken, once
     assert _taskiter.namespace_pids() is not None
     assert answers == {}
+
+
+def test_a_socket_younger_than_the_early_run_is_still_found(fresh: Path):
+    """The early snapshot does not know a socket made after it: asked for that socket,
+    the iterator runs again rather than call it held by nobody."""
+    assert _taskiter.socket_holders() is not None
+    _taskiter.start_early()
+    done, answers = _taskiter._early[0]
+    with done:  # type: ignore[attr-defined]  # the run has ended
+        pass
+    snapshot = answers[_taskiter._FILES]
+    assert snapshot is not None
+    with socket.create_server(("127.0.0.1", 0)) as late:
+        inode = os.fstat(late.fileno()).st_ino
+        assert inode.to_bytes(8, "little") not in snapshot  # younger than the snapshot
+        found = _taskiter.socket_holders([inode])
+    assert found is not None
+    assert found[0] == {inode: [os.getpid()]}
 
 
 def test_who_names_the_same_owners_with_and_without_the_iterators(shared):
