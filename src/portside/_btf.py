@@ -163,9 +163,19 @@ class _Types:
 def kernel_layout(data: bytes) -> KernelLayout:
     """The :data:`LAYOUT_FIELDS` of the kernel described by ``data`` (the bytes of
     ``/sys/kernel/btf/vmlinux``). Raises BtfError when something is missing or has
-    another size than the programs read."""
+    another size than the programs read, or the data is not BTF it can read."""
     if sys.byteorder != "little":
         raise BtfError("the iterator programs are written for little-endian machines")
+    try:
+        return _kernel_layout(data)
+    except BtfError:
+        raise
+    except (IndexError, ValueError, OverflowError, RecursionError) as error:
+        # Records that point outside the data, or at each other: corrupt, not a crash.
+        raise BtfError(f"corrupt BTF ({type(error).__name__})") from error
+
+
+def _kernel_layout(data: bytes) -> KernelLayout:
     types = _Types(data)
     structs = {_STRUCT}
     found = types.index(
