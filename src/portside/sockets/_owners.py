@@ -88,7 +88,8 @@ if TYPE_CHECKING:
     class OwnerScan(NamedTuple):
         """The result of a scan: ``holders`` maps each found inode to the pids holding it
         (ascending); ``processes_read`` counts the fd tables read (a process read twice
-        counts twice) and ``processes_seen`` the processes listed."""
+        counts twice) and ``processes_seen`` the processes listed (when the kernel's
+        task iterators answered: none read, and the processes holding a socket)."""
 
         holders: dict[int, tuple[int, ...]]
         processes_read: int
