@@ -62,7 +62,7 @@ def usable() -> bool:
     if os.geteuid() != 0 or os.uname().machine not in _BPF_SYSCALL:
         return False
     try:
-        return os.stat("/proc/self/ns/pid").st_ino == _INIT_PID_NAMESPACE
+        return os.stat("/proc/self/ns/pid").st_ino == _INIT_PID_NAMESPACE  # noqa: PTH116
     except OSError:
         return False
 
@@ -181,7 +181,7 @@ def _cache_key() -> str | None:
     """What names this kernel build: its release, version (build number and date) and
     the size of its BTF; None without BTF."""
     try:
-        size = os.stat(BTF_PATH).st_size
+        size = os.stat(BTF_PATH).st_size  # noqa: PTH116 -- on every run: no Path objects
     except OSError:
         return None
     system = os.uname()
