@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from portside.ports import KernelPortSettings, parse_port_list
+from portside.kernelports import KernelPortSettings, parse_port_list
 
 _SYSCTL = "/proc/sys/net/ipv4"
 

@@ -8,6 +8,8 @@ import enum
 from collections.abc import Iterable, Mapping
 
 from portside._lean_dataclasses import dataclasses, methods_compiled_on_first_use
+from portside.kernelports import KernelPortSettings as KernelPortSettings
+from portside.kernelports import parse_port_list as parse_port_list
 
 
 class PortClass(enum.StrEnum):
@@ -80,33 +82,7 @@ OTHER_EPHEMERAL_RANGES: Mapping[str, tuple[int, int]] = {
 }
 
 
-def parse_port_list(text: str) -> frozenset[int]:
-    """``"1000-1002,2000"`` (the ``ip_local_reserved_ports`` format) -> {1000, 1001, 1002, 2000}.
-
-    Raises ValueError on anything else.
-    """
-    ports: set[int] = set()
-    for part in text.replace("\n", ",").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        low, sep, high = part.partition("-")
-        first, last = int(low), int(high) if sep else int(low)
-        if not 0 <= first <= last <= 65535:
-            raise ValueError(f"bad port range {part!r}")
-        ports.update(range(first, last + 1))
-    return frozenset(ports)
-
-
 with methods_compiled_on_first_use():
-
-    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-    class KernelPortSettings:
-        """This machine's port policy; None where the platform has no such setting."""
-
-        ephemeral_range: tuple[int, int] | None
-        reserved_ports: frozenset[int]
-        unprivileged_port_start: int | None  # binding below needs CAP_NET_BIND_SERVICE
 
     @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
     class Service:
