@@ -728,3 +728,41 @@ def test_icmp_rejects_are_fm26_with_their_errno(nft_available):
     # ICMPv6 admin-prohibited reads as EACCES on connect: a firewall, not an LSM (FM-27).
     assert (v6_code, v6_document["verdict"]["code"]) == (1, "FM-26")
     assert any("EACCES" in line for line in v6_document["verdict"]["evidence"])
+
+
+# --- refused by local policy ------------------------------------------------------------
+
+
+@pytest.mark.root
+def test_a_connect_refused_by_a_cgroup_bpf_program_is_fm27(tmp_path):
+    """A real cgroup/connect4 program (as systemd's SocketBindDeny=/IPAddressDeny= and
+    container sandboxes attach) refuses doctor's connect with EPERM, in a cgroup of the
+    test's own: FM-27, not a firewall reject, not "nothing listens"."""
+    from portside.sockets._owners import cgroup2_mount
+    from tests.integration._cgroup_bpf import connects_refused
+
+    mount = cgroup2_mount()
+    if mount is None:
+        pytest.skip("no cgroup v2 hierarchy mounted")
+    with http_server(tmp_path) as port, connects_refused(mount[0], port) as group:
+        probe = (
+            "import os, sys\n"
+            f"open({group + '/cgroup.procs'!r}, 'w').write(str(os.getpid()))\n"
+            "from portside.cli import main\n"
+            f"sys.exit(main(['doctor', '127.0.0.1:{port}', '--json']))\n"
+        )
+        inside = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+        )
+        # The same doctor outside the group reaches the server.
+        outside = subprocess.run(
+            [sys.executable, "-m", "portside", "doctor", f"127.0.0.1:{port}", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    document = json.loads(inside.stdout)
+    assert inside.returncode != 0
+    assert document["verdict"]["code"] == "FM-27", document["verdict"]
+    assert "EPERM" in document["verdict"]["title"]
+    assert json.loads(outside.stdout)["verdict"]["code"] == "OK"
