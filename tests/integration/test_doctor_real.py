@@ -766,3 +766,32 @@ def test_a_connect_refused_by_a_cgroup_bpf_program_is_fm27(tmp_path):
     assert document["verdict"]["code"] == "FM-27", document["verdict"]
     assert "EPERM" in document["verdict"]["title"]
     assert json.loads(outside.stdout)["verdict"]["code"] == "OK"
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-socket-activate") is None,
+    reason="systemd-socket-activate (package systemd) is not installed",
+)
+def test_a_socket_activated_port_is_fm21(capsys, free_port):
+    """systemd's own socket activator, inetd-style (--accept: it keeps the listener and
+    starts one `cat` per connection), holds the port: FM-21 names it. (It takes no port
+    0: the port is picked by portside's rules.)"""
+    port = free_port
+    activator = subprocess.Popen(
+        ["systemd-socket-activate", "--accept", "-l", f"127.0.0.1:{port}", "cat"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert activator.stderr is not None
+        ready = activator.stderr.readline()  # "Listening on 127.0.0.1:PORT as 3."
+        assert ready.startswith(f"Listening on 127.0.0.1:{port} "), ready
+        _code, document = doctor(capsys, f"127.0.0.1:{port}")
+    finally:
+        activator.terminate()
+        activator.wait(timeout=10)
+        if activator.stderr is not None:
+            activator.stderr.close()
+    found = finding(document, "FM-21")
+    assert "systemd-socket-activate" in found["title"]
+    assert f"127.0.0.1:{port}" in found["title"]

@@ -676,3 +676,24 @@ def test_on_wsl_a_listener_the_localhost_relay_does_not_forward_is_fm31():
     assert "FM-31" not in [f.code for f in diagnose(v4).findings]
     not_wsl = facts(sockets=[sock("::1", owners=[owner()])], attempts=[attempt("::1", **_OK)])
     assert "FM-31" not in [f.code for f in diagnose(not_wsl).findings]
+
+
+@pytest.mark.parametrize(
+    ("name", "cmdline", "expected"),
+    [
+        ("systemd", ["/sbin/init"], "systemd"),
+        ("xinetd", ["/usr/sbin/xinetd", "-stayalive"], "xinetd"),
+        # The kernel's comm holds 15 characters: the program comes from the command line.
+        (
+            "systemd-socket-",
+            ["/usr/bin/systemd-socket-activate", "-l", "8080", "app"],
+            "systemd-socket-activate",
+        ),
+        ("python3", ["python3", "-m", "http.server"], None),
+        ("cat", [], None),
+    ],
+)
+def test_socket_activators_by_name_or_program(name, cmdline, expected):
+    from portside.diagnosis.rules import _socket_activator
+
+    assert _socket_activator(name, cmdline) == expected

@@ -43,7 +43,9 @@ _FORWARDER_CODES = {
 _NOT_SERVERS = frozenset(
     {"sleep", "bash", "sh", "zsh", "fish", "dash", "cat", "tail", "less", "make", "tmux", "screen"}
 )
-_SOCKET_ACTIVATORS = frozenset({"systemd", "inetd", "xinetd"})
+#: Programs that hold a listener and start the service on connections: by process name
+#: (the kernel's comm, 15 characters at most) or by the program in the command line.
+_SOCKET_ACTIVATORS = frozenset({"systemd", "inetd", "xinetd", "systemd-socket-activate"})
 _CLIENT_FIRST = frozenset(
     {"http", "https", "ws", "wss", "redis", "rediss", "postgres", "postgresql", "tcp+tls"}
 )
@@ -621,6 +623,14 @@ def explain_attempt(facts: Facts, attempt: Attempt, port: int) -> Finding | None
     )
 
 
+def _socket_activator(name: str, cmdline: Sequence[str]) -> str | None:
+    """The socket activator a process is (see :data:`_SOCKET_ACTIVATORS`), or None."""
+    if name in _SOCKET_ACTIVATORS:
+        return name
+    program = cmdline[0].rsplit("/", 1)[-1] if cmdline else ""
+    return program if program in _SOCKET_ACTIVATORS else None
+
+
 def _firewall_evidence(facts: Facts, port: int) -> tuple[str, ...]:
     firewall = facts.firewall
     if not firewall.looked:
@@ -786,12 +796,13 @@ def _socket_findings(facts: Facts, port: int) -> list[Finding]:
         )
     for entry in here:
         for owner in entry.owners:
-            if owner.process.name in _SOCKET_ACTIVATORS:
+            activator = _socket_activator(owner.process.name, owner.process.cmdline)
+            if activator is not None:
                 found.append(
                     Finding(
                         code="FM-21",
                         severity=Severity.INFO,
-                        title=f"{_where(entry)} is socket-activated by {owner.process.name}",
+                        title=f"{_where(entry)} is socket-activated by {activator}",
                         evidence=("the service starts on the first connection",),
                         fix=("systemctl list-sockets; systemctl status UNIT; journalctl -u UNIT",),
                     )
