@@ -9,7 +9,6 @@ a sleep; every context manager ends only what it started and removes its directo
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import glob
 import http.client
@@ -27,7 +26,8 @@ from pathlib import Path
 import pytest
 
 from portside.models import Endpoint
-from portside.net.serve import StaticOptions, StaticServer, open_static
+from portside.net.serve import StaticOptions, open_static
+from tests._loop_thread import LoopThread
 from tests.integration._components import (
     LOOPBACK,
     STOP_GRACE,
@@ -293,48 +293,14 @@ def postgres_server(*, ssl_files: tuple[Path, Path] | None = None) -> Iterator[t
             )
 
 
-class StaticServerThread:
+class StaticServerThread(LoopThread):
     """A static server on its own event loop in a thread."""
 
     def __init__(self, root: Path, options: StaticOptions | None = None) -> None:
-        self._root = root
-        self._options = options or StaticOptions()
-        self._ready = threading.Event()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.server: StaticServer | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import uvloop
-
-        loop = self.loop = uvloop.new_event_loop()
-
-        async def start() -> StaticServer:
-            return await open_static(
-                self._root, Endpoint(ip="127.0.0.1", port=0), options=self._options
-            )
-
-        self.server = loop.run_until_complete(start())
-        self._ready.set()
-        loop.run_forever()
-        loop.close()
-
-    def __enter__(self) -> StaticServerThread:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.loop is not None
-        assert self.server is not None
-        asyncio.run_coroutine_threadsafe(self.server.aclose(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        return self.server.address.port
+        chosen = options or StaticOptions()
+        super().__init__(
+            lambda: open_static(root, Endpoint(ip="127.0.0.1", port=0), options=chosen)
+        )
 
     def get(
         self, path: str, headers: dict[str, str] | None = None, method: str = "GET"

@@ -9,12 +9,10 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import re
 import socket
-import threading
 import time
 
 import pytest
@@ -22,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from portside.models import Endpoint
-from portside.net.http import HTTPServer, Limits, Request, Response, open_http_server
+from portside.net.http import Limits, Request, Response, open_http_server
+from tests._loop_thread import LoopThread
 
 LIMITS = Limits(
     max_head_bytes=2048,
@@ -54,32 +53,10 @@ async def echo(request: Request, response: Response) -> None:
 def server():
     errors = _Errors()
     logging.getLogger("portside.net.http").addHandler(errors)
-    ready = threading.Event()
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-        box["loop"] = loop
-        box["server"] = loop.run_until_complete(
-            open_http_server(echo, Endpoint(ip="127.0.0.1", port=0), limits=LIMITS)
-        )
-        ready.set()
-        loop.run_forever()
-        loop.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    http = box["server"]
-    loop = box["loop"]
-    assert isinstance(http, HTTPServer)
-    assert isinstance(loop, asyncio.AbstractEventLoop)
-    yield http, errors, thread
-    asyncio.run_coroutine_threadsafe(http.aclose(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with LoopThread(
+        lambda: open_http_server(echo, Endpoint(ip="127.0.0.1", port=0), limits=LIMITS)
+    ) as running:
+        yield running.http, errors, running.thread
     logging.getLogger("portside.net.http").removeHandler(errors)
 
 

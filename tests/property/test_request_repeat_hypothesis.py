@@ -14,7 +14,6 @@ import asyncio
 import itertools
 import re
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -23,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from portside.models import Endpoint
-from portside.net.http import HTTPServer, Limits, Request, Response, open_http_server
+from portside.net.http import Limits, Request, Response, open_http_server
+from tests._loop_thread import LoopThread
 
 T = TypeVar("T")
 LIMITS = Limits(max_head_bytes=2048, max_headers=20, max_body_bytes=512)
@@ -68,38 +68,18 @@ async def describe(request: Request, response: Response) -> None:
     response.send(200, (("content-type", "text/plain"),), repr(fields).encode())
 
 
-class _Server:
-    """A server in a thread of its own."""
+class _Server(LoopThread):
+    """The server under test, in a thread of its own."""
 
     def __init__(self) -> None:
-        ready = threading.Event()
-        box: dict[str, object] = {}
-
-        def run() -> None:
-            import uvloop
-
-            loop = uvloop.new_event_loop()
-            box["loop"] = loop
-            box["server"] = loop.run_until_complete(
-                open_http_server(describe, Endpoint(ip="127.0.0.1", port=0), limits=LIMITS)
-            )
-            ready.set()
-            loop.run_forever()
-            loop.close()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert ready.wait(10)
-        loop, http = box["loop"], box["server"]
-        assert isinstance(loop, asyncio.AbstractEventLoop)
-        assert isinstance(http, HTTPServer)
-        self.loop: asyncio.AbstractEventLoop = loop
-        self.http: HTTPServer = http
-        self.port = http.address.port
+        super().__init__(
+            lambda: open_http_server(describe, Endpoint(ip="127.0.0.1", port=0), limits=LIMITS)
+        )
 
     def connect(self, *, repeat: bool) -> tuple[socket.socket, Any]:
         """A client socket, and the server's connection for it, its reading paused."""
         http = self.http
+        assert self.loop is not None
         before = asyncio.run_coroutine_threadsafe(_call(lambda: set(http.connections)), self.loop)
         known = before.result(10)
         client = socket.create_connection(("127.0.0.1", self.port), timeout=10)
@@ -120,11 +100,6 @@ class _Server:
         )
         return client, conn
 
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.http.aclose(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
 
 async def _call(function: Callable[[], T]) -> T:
     return function()
@@ -132,9 +107,8 @@ async def _call(function: Callable[[], T]) -> T:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[_Server]:
-    running = _Server()
-    yield running
-    running.close()
+    with _Server() as running:
+        yield running
 
 
 def _reply(server: _Server, pieces: list[bytes], *, repeat: bool) -> tuple[bytes, bool]:
@@ -157,6 +131,7 @@ def _reply(server: _Server, pieces: list[bytes], *, repeat: bool) -> tuple[bytes
                     break
                 conn.data_received(piece)
 
+        assert server.loop is not None
         asyncio.run_coroutine_threadsafe(_call(feed), server.loop).result(10)
         received = bytearray()
         while data := client.recv(65536):

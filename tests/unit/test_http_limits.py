@@ -9,17 +9,16 @@ import asyncio
 import contextlib
 import re
 import socket
-import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from portside.models import Endpoint
-from portside.net.http import HTTPServer, Limits, Request, Response, open_http_server
+from portside.net.http import Limits, Request, Response, open_http_server
 from portside.net.serve import StaticOptions, open_static
+from tests._loop_thread import LoopThread
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "http_malformed.txt"
 LIMITS = Limits(
@@ -51,56 +50,6 @@ def corpus() -> list[tuple[int, str, str, bytes]]:
         status, servers, name, raw = line.split("\t", 3)
         cases.append((int(status), servers, name, _expand(raw)))
     return cases
-
-
-class LoopThread:
-    """An event loop in a thread, running one server made by *start*."""
-
-    def __init__(self, start: Callable[[], Awaitable[object]]) -> None:
-        self._start = start
-        self._ready = threading.Event()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.server: Any = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import uvloop
-
-        loop = self.loop = uvloop.new_event_loop()
-        self.server = loop.run_until_complete(self._start())
-        self._ready.set()
-        loop.run_forever()
-        loop.close()
-
-    def __enter__(self) -> LoopThread:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def call(self, coro_factory: Callable[[], Awaitable[object]], timeout: float = 10) -> object:
-        assert self.loop is not None
-
-        async def run() -> object:
-            return await coro_factory()
-
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.loop is not None
-        self.call(self.server.aclose)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-
-    @property
-    def port(self) -> int:
-        port: int = self.server.address.port
-        return port
-
-    @property
-    def http(self) -> HTTPServer:
-        server = self.server
-        found: HTTPServer = server if isinstance(server, HTTPServer) else server.http
-        return found
 
 
 async def echo(request: Request, response: Response) -> None:
