@@ -96,6 +96,16 @@ def read_fds(
     found: set[int] = set()
     wanted = set(relevant) if relevant is not None else None
     remaining = len(wanted) if wanted is not None else total
+
+    def last_needed(inode: int) -> bool:
+        """Note a new inode; whether it was the last one the table could matter for."""
+        nonlocal remaining
+        found.add(inode)
+        if wanted is None or inode in wanted:
+            remaining -= 1
+            return remaining == 0
+        return False
+
     names: Iterable[str]
     number = -1
     if count is not None:
@@ -104,12 +114,8 @@ def read_fds(
             # The per-fd loop of every scan: kept to a call, a lookup and a test.
             for name in (FD_NAMES if count <= len(FD_NAMES) else fd_names(count))[:count]:
                 inode = lookup(readlink(name, dir_fd=directory))
-                if inode is not None and inode not in found:
-                    found.add(inode)
-                    if wanted is None or inode in wanted:
-                        remaining -= 1
-                        if remaining == 0:
-                            return list(found), False
+                if inode is not None and inode not in found and last_needed(inode):
+                    return list(found), False
             return list(found), True
         except FileNotFoundError:
             number = int(name)  # a gap in the fd numbers (or the process ended): list the rest
@@ -129,12 +135,8 @@ def read_fds(
         except OSError:
             return None
         inode = lookup(link)
-        if inode is not None and inode not in found:
-            found.add(inode)
-            if wanted is None or inode in wanted:
-                remaining -= 1
-                if remaining == 0:
-                    return list(found), False
+        if inode is not None and inode not in found and last_needed(inode):
+            return list(found), False
     return list(found), True
 
 
