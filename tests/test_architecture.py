@@ -18,6 +18,7 @@ PURE = [
     "ports.py",
     "kernelports.py",
     "_btf.py",
+    "_diagrequests.py",
     "_bpfprograms.py",
     "procfs.py",
     "sockdiag.py",

@@ -294,23 +294,28 @@ def _create_fn_on_first_use(
 
 # -- the compiled code, kept between runs ---------------------------------------------------
 
-#: At most this many methods are kept: past it, a run that adds one keeps only those it
-#: used (the code of earlier portside versions goes).
-_MAX_KEPT = 512
+#: At most this many methods are kept per module: past it, a run that adds one keeps only
+#: those it used (the code of earlier portside versions goes).
+_MAX_KEPT = 256
 
 
 class _CompiledCode:
     """What dataclasses calls as ``exec``: ``exec`` itself, given the code compiled
     before for the same source text when there is some (see the module's docstring).
-    Only portside's own records are kept: other modules' dataclasses (a library's, a
+    Only portside's own records are kept, one cache file per module (a command reads only
+    the files of the modules it imports): other modules' dataclasses (a library's, a
     test's) are compiled as usual."""
 
-    FILE = f"dataclass-code-{sys.implementation.cache_tag}"
+    PREFIX = f"dataclass-code-{sys.implementation.cache_tag}-"
 
     def __init__(self) -> None:
-        self.codes: dict[str, types.CodeType] | None = None
-        self.used: set[str] = set()
-        self.added = False
+        self.codes: dict[str, dict[str, types.CodeType]] = {}
+        self.used: dict[str, set[str]] = {}
+        self.added: set[str] = set()
+
+    def file(self, module: str) -> str:
+        """The cache file that keeps the code of ``module``'s records."""
+        return self.PREFIX + module
 
     def exec(
         self,
@@ -320,30 +325,32 @@ class _CompiledCode:
         /,
     ) -> None:
         if type(source) is str:
-            kept = _is_portside(globals)
-            codes = self.loaded() if kept else {}
+            module = _portside_module(globals)
+            codes = self.loaded(module) if module else {}
             code = codes.get(source)
             if code is None:
                 # As exec(source) compiles it in dataclasses: without the __future__ flags
                 # of this module, which exec would otherwise pass on (string annotations).
                 code = compile(source, "<string>", "exec", dont_inherit=True)
-                if kept:
+                if module:
                     codes[source] = code
-                    self.added = True
-            if kept:
-                self.used.add(source)
+                    self.added.add(module)
+            if module:
+                self.used.setdefault(module, set()).add(source)
             source = code
         builtins.exec(source, globals, locals)  # noqa: S102 -- dataclasses' own exec
 
-    def loaded(self) -> dict[str, types.CodeType]:
-        """The kept code by source text (read from the cache file the first time)."""
-        if self.codes is None:
+    def loaded(self, module: str) -> dict[str, types.CodeType]:
+        """The kept code of ``module``'s records by source text (read from its cache file
+        the first time)."""
+        codes = self.codes.get(module)
+        if codes is None:
             import marshal
 
             from portside._usercache import read
 
-            data = read(self.FILE)
-            codes: dict[str, types.CodeType] = {}
+            data = read(self.file(module))
+            codes = {}
             if data:
                 try:
                     found = marshal.loads(data)  # noqa: S302 -- our own file, checked by _usercache
@@ -354,27 +361,34 @@ class _CompiledCode:
                     for key, value in found.items()
                 ):
                     codes = found
-            self.codes = codes
-        return self.codes
+            self.codes[module] = codes
+        return codes
 
     def save(self) -> None:
-        """Write the cache file, when this run compiled something it lacked."""
-        if self.added and self.codes is not None:
+        """Write the cache files of the modules this run compiled something new for."""
+        if self.added:
             import marshal
 
             from portside._usercache import write
 
-            if len(self.codes) > _MAX_KEPT:
-                self.codes = {source: self.codes[source] for source in self.used}
-            write(self.FILE, marshal.dumps(self.codes))
-            self.added = False
+            for module in sorted(self.added):
+                codes = self.codes[module]
+                if len(codes) > _MAX_KEPT:
+                    used = self.used.get(module, set())
+                    codes = self.codes[module] = {
+                        source: code for source, code in codes.items() if source in used
+                    }
+                write(self.file(module), marshal.dumps(codes))
+            self.added.clear()
 
 
-def _is_portside(namespace: Any) -> bool:
-    """Whether ``namespace`` (the globals dataclasses compiles a method in: its class's
-    module's) is one of portside's modules."""
+def _portside_module(namespace: Any) -> str:
+    """The name of the portside module whose globals ``namespace`` is (dataclasses
+    compiles a method in its class's module's), or "" for any other namespace."""
     name = namespace.get("__name__", "") if type(namespace) is dict else ""
-    return type(name) is str and (name == "portside" or name.startswith("portside."))
+    if type(name) is str and (name == "portside" or name.startswith("portside.")):
+        return name
+    return ""
 
 
 compiled_code = _CompiledCode()

@@ -45,7 +45,7 @@ _FEW_INODES = 64
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Callable, Collection, Hashable
 
     from portside._bpfprograms import KernelLayout
 
@@ -79,23 +79,32 @@ def socket_holders(
     """(socket inode -> the pids holding it, ascending; how many processes hold a
     socket), for every socket of every process, or for ``inodes`` only; None when the
     iterators cannot run. The early run's answer when one was started (see
-    :func:`start_early`)."""
+    :func:`early_jobs`)."""
+    data, early = _iterated(_FILES)
+    if data is None:
+        return None
+    found = _holders(data, inodes)
+    if early and inodes is not None:
+        missing = [inode for inode in inodes if inode not in found[0]]
+        if missing:
+            # A wanted socket the early snapshot does not know may be younger than it:
+            # looked for once more, in a fresh run (no older than the caller's table).
+            data, _early_answer = _iterated(_FILES)
+            if data is not None:
+                more, processes = _holders(data, missing)
+                found[0].update(more)
+                found = found[0], max(found[1], processes)
+    return found
+
+
+def _holders(data: bytes, inodes: Collection[int] | None) -> tuple[dict[int, list[int]], int]:
+    """The holders in the task_file iterator's answer ``data``: of ``inodes`` only when
+    there are few (looked for one by one), else of every socket."""
     from portside._bpfprograms import holders_from_records, holders_of
 
-    data, early = _iterated(_FILES)
-    for _ in range(2):
-        if data is None:
-            return None
-        if inodes is not None and len(inodes) <= _FEW_INODES:
-            found = holders_of(data, inodes)
-        else:
-            found = holders_from_records(data)
-        if not early or inodes is None or all(inode in found[0] for inode in inodes):
-            break
-        # A wanted socket the early snapshot does not know may be younger than it:
-        # asked once more, now (no older than the caller's socket table).
-        data, early = _iterated(_FILES)
-    return found
+    if inodes is not None and len(inodes) <= _FEW_INODES:
+        return holders_of(data, inodes)
+    return holders_from_records(data)
 
 
 def namespace_pids() -> dict[int, int] | None:
@@ -110,52 +119,27 @@ def namespace_pids() -> dict[int, int] | None:
 
 
 _TASKS, _FILES = 1, 0  # which link of _made_links
-#: The early run, once started: (a lock held until it ended, its answers by link).
-_early: list[tuple[object, dict[int, bytes | None]]] = []
 
 
-def start_early() -> None:
-    """Run both iterators now, in a thread, when they are known to work here: the kernel
-    walks its tables while the command imports the rest of portside (the walks are
-    system calls, and release the interpreter lock). :func:`namespace_pids` and
-    :func:`socket_holders` each take its answer once, waiting for it if need be; later
-    calls run the iterators afresh. The answers are a snapshot taken at start, as
-    ``ss -p``'s are: a socket made after it shows no holder."""
-    end_early()  # a run of an earlier command in this process is not this one's
+def early_jobs() -> list[tuple[Hashable, Callable[[], object]]]:
+    """Jobs for :func:`portside._early.start` that run both iterators (the task one
+    first: the namespaces are asked for before the owners), when they are known to work
+    here; :func:`namespace_pids` and :func:`socket_holders` take their answers. The
+    answers are a snapshot taken as the command starts, as ``ss -p``'s are: a socket
+    made after it shows no holder."""
     if not known_to_work():
-        return
-    import _thread
-
-    done = _thread.allocate_lock()
-    done.acquire()
-    answers: dict[int, bytes | None] = {}
-
-    def work() -> None:
-        try:
-            links = _made_links()
-            if links is not None:
-                answers[_TASKS] = _run(links[_TASKS])  # asked for first
-                answers[_FILES] = _run(links[_FILES])
-        except BaseException:  # noqa: S110 -- the answer is then asked again, in the caller
-            pass
-        finally:
-            done.release()
-
-    _early.append((done, answers))
-    try:
-        _thread.start_new_thread(work, ())
-    except RuntimeError:  # no thread could be started
-        _early.clear()
+        return []
+    return [(_early_key(which), lambda which=which: _fresh(which)) for which in (_TASKS, _FILES)]  # type: ignore[misc]
 
 
-def end_early() -> None:
-    """Forget the early run (once it ended), taken or not: what it saw belongs to the
-    command that started it."""
-    if _early:
-        done, _answers = _early[0]
-        with done:  # type: ignore[attr-defined]  # an _thread lock: ended once released
-            pass
-        _early.clear()
+def _early_key(which: int) -> tuple[str, int]:
+    return ("bpf task iterator", which)
+
+
+def _fresh(which: int) -> bytes | None:
+    """What one fresh run of the iterator ``which`` writes (None when it cannot run)."""
+    links = _made_links()
+    return _run(links[which]) if links is not None else None
 
 
 def _iterated(which: int) -> tuple[bytes | None, bool]:
@@ -164,14 +148,12 @@ def _iterated(which: int) -> tuple[bytes | None, bool]:
     (asked every time: ``PORTSIDE_BPF`` may change in a long-lived process)."""
     if not usable():
         return None, False
-    if _early:
-        done, answers = _early[0]
-        with done:  # type: ignore[attr-defined]  # an _thread lock: ended once released
-            pass
-        if which in answers:
-            return answers.pop(which), True
-    links = _made_links()
-    return (_run(links[which]) if links is not None else None), False
+    from portside._early import take
+
+    made, data = take(_early_key(which))
+    if made:
+        return data, True  # type: ignore[return-value]  # what _fresh answered
+    return _fresh(which), False
 
 
 # -- the cache of the kernel's layout --------------------------------------------------------

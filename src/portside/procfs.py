@@ -19,6 +19,11 @@ from __future__ import annotations
 import sys
 from functools import lru_cache
 
+from portside._diagrequests import (  # kernel state numbers beyond KERNEL_TCP_STATES
+    TCP_BOUND_INACTIVE,
+    TCP_CLOSE,
+    TCP_ESTABLISHED,
+)
 from portside.models import (
     KERNEL_TCP_STATES,
     Endpoint,
@@ -29,14 +34,6 @@ from portside.models import (
     SocketState,
     Transport,
 )
-
-#: Kernel state numbers (include/net/tcp_states.h) that matter beyond KERNEL_TCP_STATES.
-TCP_ESTABLISHED = 1
-TCP_CLOSE = 7
-TCP_LISTEN = 10
-#: A pseudo-state (Linux 6.9+) that asks inet_diag for bound-only sockets; they are
-#: reported with state TCP_CLOSE.
-TCP_BOUND_INACTIVE = 13
 
 _LITTLE_ENDIAN = sys.byteorder == "little"
 

@@ -20,6 +20,34 @@ import struct
 import sys
 from collections import namedtuple
 
+from portside._diagrequests import (
+    AF_INET,
+    AF_INET6,
+    ALL_TCP_STATES,
+    ALL_UDP_STATES,
+    INET_DIAG_BC_S_EQ,
+    INET_DIAG_NOCOOKIE,
+    INET_DIAG_REQ_BYTECODE,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    NETLINK_SOCK_DIAG,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSG_NOOP,
+    NLMSGHDR,
+    RTATTR,
+    SOCK_DIAG_BY_FAMILY,
+    TCP_BOUND_INACTIVE,
+    TCP_CLOSE,
+    TCP_ESTABLISHED,
+    TCPDIAG_GETSOCK,
+    align,
+    dump_request,
+    port_filter,
+    tcp_dump_request,
+)
 from portside.models import (
     Endpoint,
     Exposure,
@@ -31,9 +59,6 @@ from portside.models import (
     Transport,
 )
 from portside.procfs import (
-    TCP_BOUND_INACTIVE,
-    TCP_CLOSE,
-    TCP_ESTABLISHED,
     UNSPECIFIED_IPS,
     cached_exposure,
     ipv4_text,
@@ -48,29 +73,39 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from typing import NamedTuple
 
-# Linux numbers (this module is pure, so it does not ask the socket module for them).
-AF_INET = 2
-AF_INET6 = 10
-IPPROTO_TCP = 6
-IPPROTO_UDP = 17
-NETLINK_SOCK_DIAG = 4
+__all__ = [  # the request side is portside._diagrequests's, offered here with the parser
+    "AF_INET",
+    "AF_INET6",
+    "INET_DIAG_BC_S_EQ",
+    "INET_DIAG_CGROUP_ID",
+    "INET_DIAG_MARK",
+    "INET_DIAG_NOCOOKIE",
+    "INET_DIAG_REQ_BYTECODE",
+    "INET_DIAG_SHUTDOWN",
+    "INET_DIAG_SKV6ONLY",
+    "IPPROTO_TCP",
+    "IPPROTO_UDP",
+    "NETLINK_SOCK_DIAG",
+    "NLMSG_DONE",
+    "NLMSG_ERROR",
+    "NLMSG_NOOP",
+    "NLM_F_DUMP",
+    "NLM_F_REQUEST",
+    "SOCK_DIAG_BY_FAMILY",
+    "TCPDIAG_GETSOCK",
+    "DiagRecord",
+    "DumpChunk",
+    "dump_entries",
+    "dump_request",
+    "parse_dump",
+    "port_filter",
+    "state_mask",
+    "tcp_dump_request",
+    "to_entry",
+]
 
-SOCK_DIAG_BY_FAMILY = 20
-#: The older request (``struct inet_diag_req``): TCP only, but of both families in one
-#: dump (the kernel then filters on AF_UNSPEC), so the shared tables are walked once.
-TCPDIAG_GETSOCK = 18
 #: Message types whose replies carry one ``inet_diag_msg`` each.
 _RECORD_TYPES = (SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK)
-NLMSG_NOOP = 1
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x01
-NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
-
-# Request attributes (enum inet_diag_req_attrs) and bytecode operations.
-INET_DIAG_REQ_BYTECODE = 1
-INET_DIAG_BC_S_EQ = 11
-INET_DIAG_NOCOOKIE = b"\xff" * 8
 
 # Reply attributes (enum inet_diag_attrs) this parser reads.
 INET_DIAG_SHUTDOWN = 8
@@ -78,19 +113,13 @@ INET_DIAG_SKV6ONLY = 11
 INET_DIAG_MARK = 15
 INET_DIAG_CGROUP_ID = 21
 
-_NLMSGHDR = struct.Struct("=IHHII")
-_REQ_V2 = struct.Struct("=BBBxI4s16s16sI8s")
-_REQ_V1 = struct.Struct("=BBBB4s16s16sI8sII")
+_NLMSGHDR = NLMSGHDR
+_RTATTR = RTATTR
 _DIAG_MSG = struct.Struct("=BBBBHH16s16sI8sIIIII")  # ports: network order, swapped below
-_RTATTR = struct.Struct("=HH")
-_BC_OP = struct.Struct("=BBH")
 _U64 = struct.Struct("=Q")
 _I32 = struct.Struct("=i")
 _NATIVE_LITTLE = sys.byteorder == "little"
-
-#: Every TCP state bit the kernel knows, including the bound-only pseudo-state.
-_ALL_TCP_STATES = sum(1 << n for n in range(1, TCP_BOUND_INACTIVE + 1))
-_ALL_UDP_STATES = (1 << TCP_ESTABLISHED) | (1 << TCP_CLOSE)
+_align = align
 
 #: SocketState -> kernel state number(s) to ask for (the inverse of KERNEL_TCP_STATES).
 _TCP_STATE_BITS: dict[SocketState, int] = {
@@ -119,10 +148,10 @@ def state_mask(transport: Transport, states: Iterable[SocketState] | None) -> in
     these states exist for this transport": skip the dump."""
     if transport is Transport.TCP:
         if states is None:
-            return _ALL_TCP_STATES
+            return ALL_TCP_STATES
         return _mask(states, _TCP_STATE_BITS)
     if states is None:
-        return _ALL_UDP_STATES
+        return ALL_UDP_STATES
     return _mask(states, _UDP_STATE_BITS)
 
 
@@ -131,64 +160,6 @@ def _mask(states: Iterable[SocketState], bits: dict[SocketState, int]) -> int:
     for state in states:
         mask |= bits.get(state, 0)
     return mask
-
-
-def port_filter(port: int) -> bytes:
-    """Bytecode that accepts sockets whose local port is ``port`` (``sport = :PORT``).
-
-    Two ``struct inet_diag_bc_op {u8 code; u8 yes; u16 no;}``: S_EQ jumps 8 bytes (to the
-    end: accept) when the port matches and 12 (past the end: reject) when not; the second
-    op only carries the port in its ``no`` field, in host order.
-    """
-    if not 0 <= port <= 0xFFFF:
-        raise ValueError("port out of range")
-    return _BC_OP.pack(INET_DIAG_BC_S_EQ, 8, 12) + _BC_OP.pack(0, 0, port)
-
-
-def _align(length: int) -> int:
-    return (length + 3) & ~3
-
-
-def dump_request(
-    family: int, protocol: int, states: int, *, port: int | None = None, seq: int = 1, ext: int = 0
-) -> bytes:
-    """One ``SOCK_DIAG_BY_FAMILY`` dump request (``nlmsghdr`` + ``inet_diag_req_v2``
-    [+ bytecode]) for ``family`` x ``protocol``, sockets in the ``states`` bitmask,
-    optionally only those on local ``port``. Raises ValueError for out-of-range values."""
-    if family not in (AF_INET, AF_INET6):
-        raise ValueError("family must be AF_INET or AF_INET6")
-    if not 0 <= protocol <= 0xFF or not 0 <= ext <= 0xFF:
-        raise ValueError("protocol and ext are one byte each")
-    if not 0 <= states <= 0xFFFFFFFF or not 0 <= seq <= 0xFFFFFFFF:
-        raise ValueError("states and seq are 32-bit")
-    body = _REQ_V2.pack(
-        family, protocol, ext, states, bytes(4), bytes(16), bytes(16), 0, INET_DIAG_NOCOOKIE
-    )
-    return _with_header(SOCK_DIAG_BY_FAMILY, body, port, seq)
-
-
-def _with_header(kind: int, body: bytes, port: int | None, seq: int) -> bytes:
-    if port is not None:
-        code = port_filter(port)
-        body += _RTATTR.pack(_RTATTR.size + len(code), INET_DIAG_REQ_BYTECODE) + code
-    header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
-    return header + body
-
-
-def tcp_dump_request(states: int, *, port: int | None = None, seq: int = 1, ext: int = 0) -> bytes:
-    """One ``TCPDIAG_GETSOCK`` dump request (``nlmsghdr`` + ``inet_diag_req`` [+ bytecode]):
-    TCP sockets of *both* families in the ``states`` bitmask, optionally only those on
-    local ``port``. The kernel walks its TCP tables (shared by IPv4 and IPv6) once, where
-    two :func:`dump_request` s walk them twice. Replies have the same layout, with the
-    request's message type. Raises ValueError for out-of-range values."""
-    if not 0 <= ext <= 0xFF:
-        raise ValueError("ext is one byte")
-    if not 0 <= states <= 0xFFFFFFFF or not 0 <= seq <= 0xFFFFFFFF:
-        raise ValueError("states and seq are 32-bit")
-    body = _REQ_V1.pack(
-        0, 0, 0, ext, bytes(4), bytes(16), bytes(16), 0, INET_DIAG_NOCOOKIE, states, 0
-    )
-    return _with_header(TCPDIAG_GETSOCK, body, port, seq)
 
 
 if TYPE_CHECKING:

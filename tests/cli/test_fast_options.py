@@ -126,3 +126,39 @@ def test_the_garbage_collector_is_paused_only_while_a_listing_runs(capsys, monke
     monkeypatch.setattr("portside.cli._inspect.run_ls", failing)
     assert main(["ls"]) == 130
     assert gc.isenabled()
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "80",
+        ":62893",
+        "127.0.0.1:8080",
+        "[::1]:53",
+        "localhost:3000",
+        "app.localhost:8080",
+        "http://127.0.0.1:62893/path",
+        "https://example.localhost",
+        "::1",
+        "[::ffff:127.0.0.1]:8000",
+        "\uff10\uff18\uff10",  # full-width digits: not guessed
+        "70000",
+        "",
+    ],
+)
+def test_the_early_guess_of_a_who_port_never_contradicts_the_parser(target: str):
+    """The port whose sockets `who` dumps as it starts: none, or the parser's."""
+    from portside.addresses import parse_target
+    from portside.cli import _plain_port
+    from portside.errors import UsageError
+
+    guess = _plain_port(target)
+    try:
+        parsed = parse_target(target).port
+    except UsageError:
+        parsed = None
+    assert guess is None or guess == parsed or parsed is None
+    if target in ("80", ":62893", "127.0.0.1:8080", "[::1]:53"):
+        assert guess == parsed
+    if not target.isascii():
+        assert guess is None

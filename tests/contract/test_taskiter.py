@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from portside import _fdtables, _taskiter
+from portside import _early, _fdtables, _taskiter
 from portside.sockets import _owners
 from tests.contract._holders import start_holder, stop_holder
 
@@ -33,8 +33,9 @@ def fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (returned); the module's state is put back afterwards."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv(_taskiter.ENV, raising=False)
-    for name in ("_links", "_read_cache", "_early"):
+    for name in ("_links", "_read_cache"):
         monkeypatch.setattr(_taskiter, name, [])
+    _early.end()  # no answers of an earlier start
     return tmp_path / "portside" / _taskiter.CACHE_NAME
 
 
@@ -191,7 +192,7 @@ def test_scan_holders_takes_the_iterators_answer(fresh: Path, shared):
 def test_the_early_run_answers_once_then_each_call_runs_afresh(fresh: Path):
     assert _taskiter.socket_holders() is not None  # the layout is cached now
     _taskiter._links.clear()
-    _taskiter.start_early()
+    _early.start([_taskiter.early_jobs()])
     with socket.create_server(("127.0.0.1", 0)) as late:
         inode = os.fstat(late.fileno()).st_ino
         early = _taskiter.socket_holders()
@@ -201,28 +202,31 @@ def test_the_early_run_answers_once_then_each_call_runs_afresh(fresh: Path):
     # The early answer was taken before the socket existed, unless the thread was slower
     # than this one: either way the second call, a fresh run, sees it.
     assert again[0][inode] == [os.getpid()]
-    answers = _taskiter._early[0][1]
-    assert set(answers) == {_taskiter._TASKS}  # the files' answer taken, once
+    tasks, files = (_taskiter._early_key(which) for which in (_taskiter._TASKS, _taskiter._FILES))
+    assert set(_early._answers) == {tasks}  # the files' answer taken, once
+    assert _early.take(files) == (False, None)
     assert _taskiter.namespace_pids() is not None
-    assert answers == {}
+    assert _early._answers == {}
+    _early.end()
 
 
 def test_a_socket_younger_than_the_early_run_is_still_found(fresh: Path):
     """The early snapshot does not know a socket made after it: asked for that socket,
     the iterator runs again rather than call it held by nobody."""
     assert _taskiter.socket_holders() is not None
-    _taskiter.start_early()
-    done, answers = _taskiter._early[0]
-    with done:  # type: ignore[attr-defined]  # the run has ended
+    _early.start([_taskiter.early_jobs()])
+    done, answer = _early._answers[_taskiter._early_key(_taskiter._FILES)]
+    with done:  # the run has ended
         pass
-    snapshot = answers[_taskiter._FILES]
-    assert snapshot is not None
+    [snapshot] = answer
+    assert isinstance(snapshot, bytes)
     with socket.create_server(("127.0.0.1", 0)) as late:
         inode = os.fstat(late.fileno()).st_ino
         assert inode.to_bytes(8, "little") not in snapshot  # younger than the snapshot
         found = _taskiter.socket_holders([inode])
     assert found is not None
     assert found[0] == {inode: [os.getpid()]}
+    _early.end()
 
 
 def test_who_names_the_same_owners_with_and_without_the_iterators(shared):

@@ -109,16 +109,17 @@ def test_kept_code_makes_the_same_methods(cache: Path, monkeypatch: pytest.Monke
         value: int
 
     def added() -> bool:
-        return kept.added
+        return bool(kept.added)
 
     assert not added()  # a test's own dataclass: compiled as usual, not kept
     first = define()
     assert added()
-    sources = dict(kept.loaded())
+    sources = dict(kept.loaded(records.__name__))
     assert any("def __init__(self" in source for source in sources)
     _lean_dataclasses.save_compiled_code()  # the module's compiled_code: ``kept`` here
     assert not kept.added
-    assert (cache / kept.FILE).exists()
+    assert (cache / kept.file(records.__name__)).exists()
+    assert [path.name for path in cache.iterdir()] == [kept.file(records.__name__)]
 
     # The next run: the code comes from the file, nothing is compiled.
     again = _lean_dataclasses._CompiledCode()
@@ -134,7 +135,7 @@ def test_kept_code_makes_the_same_methods(cache: Path, monkeypatch: pytest.Monke
     second = define()
     assert compiled == []
     assert not again.added
-    assert set(again.loaded()) == set(sources)
+    assert set(again.loaded(records.__name__)) == set(sources)
     a, b = first(name="x"), second(name="x")
     assert (a.name, a.size, repr(a)) == (b.name, b.size, repr(b))
     # The annotations are the fields' (the code is compiled without this or portside's
@@ -153,37 +154,53 @@ def test_kept_code_makes_the_same_methods(cache: Path, monkeypatch: pytest.Monke
 def test_a_corrupt_or_foreign_cache_is_compiled_afresh(cache: Path):
     cache.mkdir(mode=0o700)
     kept = _lean_dataclasses._CompiledCode()
+    module = "portside.somewhere"
     for content in (b"\x00garbage", b"\xe9\x03\x00\x00\x00", __import__("marshal").dumps({"x": 1})):
-        (cache / kept.FILE).write_bytes(content)
-        kept.codes = None
-        assert kept.loaded() == {}
-        namespace: dict[str, object] = {}
-        kept.exec("value = 6 * 7", {}, namespace)
+        (cache / kept.file(module)).write_bytes(content)
+        kept.codes.clear()
+        assert kept.loaded(module) == {}
+        namespace: dict[str, object] = {"__name__": module}
+        kept.exec("value = 6 * 7", namespace, namespace)
         assert namespace["value"] == 42
 
 
 def test_the_cli_keeps_the_code_for_the_next_run(tmp_path: Path):
-    """A real command twice: the first writes the file, the second compiles nothing new
-    (the file is not rewritten)."""
+    """A real command twice: the first writes one file per module with records, the
+    second compiles nothing new (no file is rewritten)."""
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "PORTSIDE_BPF": "off"}
     command = [sys.executable, "-m", "portside", "who", "1", "--json"]
     subprocess.run(command, env=env, capture_output=True, check=False)
-    kept = tmp_path / "portside" / _lean_dataclasses._CompiledCode.FILE
-    assert kept.exists()
-    written = kept.stat().st_mtime_ns
-    size = kept.stat().st_size
+    prefix = _lean_dataclasses._CompiledCode.PREFIX
+    written = {
+        path.name: (path.stat().st_mtime_ns, path.stat().st_size)
+        for path in (tmp_path / "portside").iterdir()
+        if path.name.startswith(prefix)
+    }
+    assert prefix + "portside.models" in written
+    # who does not import the registry: its records are not read nor written.
+    assert prefix + "portside.registry" not in written
     subprocess.run(command, env=env, capture_output=True, check=False)
-    assert kept.stat().st_mtime_ns == written
-    assert kept.stat().st_size == size
+    again = {
+        path.name: (path.stat().st_mtime_ns, path.stat().st_size)
+        for path in (tmp_path / "portside").iterdir()
+        if path.name.startswith(prefix)
+    }
+    assert again == written
 
 
-def test_a_full_cache_keeps_only_what_the_run_used(cache: Path, monkeypatch: pytest.MonkeyPatch):
+def test_a_full_cache_keeps_only_what_the_run_used(cache: Path):
     kept = _lean_dataclasses._CompiledCode()
     stale = compile("pass", "<string>", "exec")
-    kept.codes = {f"# an older portside's method {n}": stale for n in range(600)}
-    namespace = {"__name__": "portside.somewhere"}
+    module = "portside.somewhere"
+    other = "portside.elsewhere"
+    kept.codes = {
+        module: {f"# an older portside's method {n}": stale for n in range(600)},
+        other: {"# a method of a module this run did not add to": stale},
+    }
+    namespace = {"__name__": module}
     kept.exec("def made(): return 1", namespace, namespace)
-    assert kept.added
+    assert kept.added == {module}
     kept.save()
-    written = __import__("marshal").loads((cache / kept.FILE).read_bytes())
+    written = __import__("marshal").loads((cache / kept.file(module)).read_bytes())
     assert list(written) == ["def made(): return 1"]
+    assert not (cache / kept.file(other)).exists()

@@ -16,7 +16,7 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Sequence
+    from collections.abc import Callable, Hashable, Sequence
 
 
 class Handler:
@@ -72,19 +72,16 @@ _LS_FLAGS = {
 
 #: Commands that list every listener: one root socket in the root cgroup among them (a
 #: system service's, say) and every fd table is read, so that read starts first.
-_EVERY_LISTENER = frozenset({Handler("_inspect", "run_ls"), Handler("_inspect", "run_overview")})
+_LS = Handler("_inspect", "run_ls")
+_WHO = Handler("_inspect", "run_who")
+_OVERVIEW = Handler("_inspect", "run_overview")
+_EVERY_LISTENER = frozenset({_LS, _OVERVIEW})
 
 #: portside.sockets.BACKEND_ENV (not imported here: it costs the data model's import).
 _BACKEND_ENV = "PORTSIDE_BACKEND"
 
 #: Commands that run briefly and allocate much (see main).
-_BRIEF = frozenset(
-    {
-        Handler("_inspect", "run_ls"),
-        Handler("_inspect", "run_who"),
-        Handler("_inspect", "run_overview"),
-    }
-)
+_BRIEF = frozenset({_LS, _WHO, _OVERVIEW})
 
 
 def _fast_options(args: list[str]) -> argparse.Namespace | None:
@@ -157,9 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(f"portside {__version__}\n")
         return 0  # ExitCode.OK
 
+    options = _fast_options(args)
+    if options is not None:
+        _start_early(options)
+
     from portside.errors import ExitCode, PortsideError
 
-    options = _fast_options(args)
     if options is None:
         from portside.cli._parser import build_parser
 
@@ -168,14 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             options = parser.parse_args(args)
         except SystemExit as exc:  # argparse exits on --help and on bad usage
             return int(exc.code or 0)
-    debug = bool(getattr(options, "debug", False))
+        _start_early(options)
     brief = options.handler in _BRIEF
-    if brief:
-        # Where the kernel's task iterators work, they walk its tables now, in a thread,
-        # while the rest of portside is imported (portside._taskiter).
-        from portside._taskiter import start_early
-
-        start_early()
+    debug = bool(getattr(options, "debug", False))
     if (
         options.handler in _EVERY_LISTENER
         and getattr(options, "backend", None) is None
@@ -213,14 +208,79 @@ def main(argv: Sequence[str] | None = None) -> int:
             # What this command compiled for its records, kept for the next one.
             sys.modules["portside._lean_dataclasses"].save_compiled_code()
         if brief:
+            from portside._early import end
             from portside._fdtables import end_prescan
-            from portside._taskiter import end_early
 
             end_prescan()  # not needed after all, or the command failed: killed, reaped
-            end_early()  # what it saw was this command's only
+            end()  # what the early jobs saw was this command's only
     if argv is None and brief:
         _exit_now(status)
     return status
+
+
+def _start_early(options: argparse.Namespace) -> None:
+    """For an inspection command: the kernel work it will ask for (its socket table's
+    dumps and, where they work, the task iterators) starts now, in threads, while the
+    rest of portside is imported (portside._early)."""
+    if options.handler in _BRIEF:
+        from portside._early import start
+
+        start(_early_jobs(options))
+
+
+def _early_jobs(options: argparse.Namespace) -> list[list[tuple[Hashable, Callable[[], object]]]]:
+    """The kernel work an inspection command will ask for, as groups of jobs for
+    :func:`portside._early.start`: its socket-table dumps (with the default backend, on
+    Linux), and the task iterators' runs. A guess that misses costs a dump nobody takes."""
+    groups: list[list[tuple[Hashable, Callable[[], object]]]] = []
+    if sys.platform == "linux":
+        table = (
+            _early_table(options)
+            if getattr(options, "backend", None) is None and _BACKEND_ENV not in os.environ
+            else None
+        )
+        if table is not None:
+            from portside._diagsocket import dump_jobs
+
+            groups.append(dump_jobs(*table))
+        from portside._taskiter import early_jobs
+
+        groups.append(early_jobs())
+    return groups
+
+
+def _early_table(options: argparse.Namespace) -> tuple[list[tuple[int, int]], int | None] | None:
+    """The (protocol, states mask) pairs and port of the socket table the command will
+    dump in this namespace, as portside.sockets asks for them; None when unsure."""
+    from portside import _diagrequests as diag
+
+    listening = {
+        diag.IPPROTO_TCP: diag.LISTENING_TCP_STATES,
+        diag.IPPROTO_UDP: diag.LISTENING_UDP_STATES,
+    }
+    every = {diag.IPPROTO_TCP: diag.ALL_TCP_STATES, diag.IPPROTO_UDP: diag.ALL_UDP_STATES}
+    handler = options.handler
+    if handler == _WHO:
+        port = _plain_port(options.target)
+        return (list(every.items()), port) if port is not None else None
+    if handler == _LS:
+        named = {"tcp": diag.IPPROTO_TCP, "udp": diag.IPPROTO_UDP}.get(options.proto or "")
+        masks = every if options.all else listening
+        chosen = [(protocol, mask) for protocol, mask in masks.items() if named in (None, protocol)]
+        port = options.port if options.all else None
+        return (chosen, port) if port is None or 0 <= port <= 0xFFFF else None
+    if handler == _OVERVIEW:
+        return list(listening.items()), None
+    return None
+
+
+def _plain_port(target: str) -> int | None:
+    """The port of a ``who`` target written as ``PORT``, ``:PORT`` or ``HOST:PORT``
+    (None for anything else: the address parser decides later)."""
+    text = target if target.isdigit() else target.rpartition(":")[2] if "/" not in target else ""
+    if text.isdigit() and text.isascii() and len(text) <= 5 and int(text) <= 0xFFFF:
+        return int(text)
+    return None
 
 
 def _exit_now(status: int) -> None:

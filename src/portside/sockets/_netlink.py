@@ -15,6 +15,9 @@ import sys
 from collections.abc import Callable
 from functools import lru_cache
 
+from portside._diagrequests import table_requests
+from portside._diagsocket import RECV_BYTES, early_key, open_sock_diag
+from portside._early import take
 from portside.errors import AccessDeniedError, BackendUnavailableError
 from portside.models import NetNamespace, SocketEntry, Transport
 from portside.sockdiag import (
@@ -22,44 +25,31 @@ from portside.sockdiag import (
     AF_INET6,
     IPPROTO_TCP,
     IPPROTO_UDP,
-    NETLINK_SOCK_DIAG,
     DiagRecord,
     dump_entries,
     dump_request,
     parse_dump,
     state_mask,
-    tcp_dump_request,
 )
 from portside.sockets._backend import SocketQuery
 
 assert sys.platform == "linux"  # noqa: S101 -- mypy skips this module on other platforms
 
 _PROTOCOLS = {Transport.TCP: IPPROTO_TCP, Transport.UDP: IPPROTO_UDP}
-_RECV_BYTES = 65536
+_TRANSPORTS = {IPPROTO_TCP: Transport.TCP, IPPROTO_UDP: Transport.UDP}
 _NO_IPV6 = (errno.ENOENT, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT)
 #: Not empty once the kernel refused a TCP request of both families (TCPDIAG_GETSOCK).
 _TCP_REQUEST_REFUSED: list[bool] = []
 
 
-def _open() -> _socket.socket:
-    # _socket, not socket: the wrapper module costs milliseconds to import and adds
-    # nothing to a datagram socket that only sends and receives bytes.
-    sock = _socket.socket(
-        _socket.AF_NETLINK, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG
-    )
-    try:
-        sock.bind((0, 0))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+_open = open_sock_diag
 
 
 def _dump(sock: _socket.socket, request: bytes) -> list[DiagRecord]:
     sock.send(request)
     records: list[DiagRecord] = []
     while True:
-        chunk = parse_dump(sock.recv(_RECV_BYTES))
+        chunk = parse_dump(sock.recv(RECV_BYTES))
         records.extend(chunk.records)
         if chunk.done:
             if chunk.error:
@@ -74,11 +64,25 @@ def _dump_entries(
     netns: NetNamespace | None,
     interface_name: Callable[[int], str],
 ) -> list[SocketEntry]:
-    sock.send(request)
     entries: list[SocketEntry] = []
+    if netns is None or netns.is_current:
+        # Made as the command started, when it did (portside._early): this namespace's.
+        made, datagrams = take(early_key(request))
+        if made:
+            for datagram in datagrams:  # type: ignore[attr-defined]
+                chunk, done, error = dump_entries(
+                    datagram, transport, netns=netns, interface_name=interface_name
+                )
+                entries.extend(chunk)
+                if done:
+                    if error:
+                        raise OSError(error, f"sock_diag dump failed: {error}")
+                    return entries
+            entries.clear()  # not a whole dump after all: asked again, below
+    sock.send(request)
     while True:
         chunk, done, error = dump_entries(
-            sock.recv(_RECV_BYTES), transport, netns=netns, interface_name=interface_name
+            sock.recv(RECV_BYTES), transport, netns=netns, interface_name=interface_name
         )
         entries.extend(chunk)
         if done:
@@ -107,13 +111,13 @@ def _interface_namer() -> Callable[[int], str]:
 
 def query_entries(query: SocketQuery, netns: NetNamespace | None = None) -> list[SocketEntry]:
     """The sockets of the calling thread's namespace that match ``query``."""
-    plan: list[tuple[Transport, int]] = []
-    for transport in (Transport.TCP, Transport.UDP):
-        if transport in query.transports:
-            mask = state_mask(transport, query.states)
-            if mask:
-                plan.append((transport, mask))
-    if not plan:
+    masks: list[tuple[int, int]] = [
+        (protocol, state_mask(transport, query.states))
+        for transport, protocol in _PROTOCOLS.items()
+        if transport in query.transports
+    ]
+    requests = table_requests(masks, query.port, tcp_in_one=not _TCP_REQUEST_REFUSED)
+    if not requests:
         return []
     entries: list[SocketEntry] = []
     try:
@@ -124,34 +128,47 @@ def query_entries(query: SocketQuery, netns: NetNamespace | None = None) -> list
         raise BackendUnavailableError("netlink", str(error)) from error
     interface_name = _interface_namer()
     try:
-        seq = 0
-        for transport, mask in plan:
-            if transport is Transport.TCP and not _TCP_REQUEST_REFUSED:
-                seq += 1
-                request = tcp_dump_request(mask, port=query.port, seq=seq)
-                try:
-                    entries.extend(_dump_entries(sock, request, transport, netns, interface_name))
-                    continue
-                except OSError:
-                    # Not answered by this kernel: one request per family from now on,
-                    # on a fresh socket (nothing of this dump can arrive there).
-                    _TCP_REQUEST_REFUSED.append(True)
-                    sock.close()
-                    sock = _open()
-            protocol = _PROTOCOLS[transport]
-            for family in (AF_INET, AF_INET6):
-                seq += 1
-                request = dump_request(family, protocol, mask, port=query.port, seq=seq)
-                try:
-                    found = _dump_entries(sock, request, transport, netns, interface_name)
-                except OSError as error:
-                    if family == AF_INET6 and error.errno in _NO_IPV6:
-                        continue  # IPv6 disabled or not built: nothing to list
-                    raise BackendUnavailableError("netlink", str(error)) from error
-                entries.extend(found)
+        for protocol, family, request in requests:
+            transport = _TRANSPORTS[protocol]
+            if family:
+                entries.extend(
+                    _family_dump(sock, family, request, transport, netns, interface_name)
+                )
+                continue
+            try:
+                entries.extend(_dump_entries(sock, request, transport, netns, interface_name))
+            except OSError:
+                # The TCP request of both families, not answered by this kernel: one per
+                # family from now on, on a fresh socket (nothing of this dump can arrive
+                # there).
+                _TCP_REQUEST_REFUSED.append(True)
+                sock.close()
+                sock = _open()
+                tcp_masks = [(tcp, mask) for tcp, mask in masks if tcp == protocol]
+                for _tcp, each, again in table_requests(tcp_masks, query.port, tcp_in_one=False):
+                    entries.extend(
+                        _family_dump(sock, each, again, transport, netns, interface_name)
+                    )
     finally:
         sock.close()
     return entries
+
+
+def _family_dump(
+    sock: _socket.socket,
+    family: int,
+    request: bytes,
+    transport: Transport,
+    netns: NetNamespace | None,
+    interface_name: Callable[[int], str],
+) -> list[SocketEntry]:
+    """One family's dump; nothing when it is IPv6 and this kernel has none."""
+    try:
+        return _dump_entries(sock, request, transport, netns, interface_name)
+    except OSError as error:
+        if family == AF_INET6 and error.errno in _NO_IPV6:
+            return []  # IPv6 disabled or not built: nothing to list
+        raise BackendUnavailableError("netlink", str(error)) from error
 
 
 @lru_cache(maxsize=1)
