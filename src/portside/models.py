@@ -368,11 +368,14 @@ class _Memo(dict[int, str]):
     ``strs`` str (StrEnum, None) -> its text. Numbers are never kept in ``strs``: 1, 1.0
     and True compare equal but are written differently."""
 
-    __slots__ = ("strs",)
+    __slots__ = ("shapes", "strs")
 
     def __init__(self) -> None:
         super().__init__()
         self.strs = _StrTexts(self)
+        #: A socket table's rows by what they share (see _socket_entry_parts) -> the
+        #: shared parts of their text.
+        self.shapes: dict[tuple[object, ...], tuple[str, str, str, str]] = {}
 
 
 class _StrTexts(dict[object, str]):
@@ -467,16 +470,70 @@ def _socket_entry_parts(entry: SocketEntry, memo: _Memo, lead: str) -> tuple[str
     inode = entry.inode
     recv_queue = entry.recv_queue
     send_queue = entry.send_queue
-    v6only = entry.v6only
+    v6only: object = entry.v6only
     cgroup_id = entry.cgroup_id
     netns = entry.netns
-    netns_text = "null" if netns is None else (memo.get(id(netns)) or _text(netns, memo))
     owners = entry.owners
     owners_text = memo.get(id(owners))
     if owners_text is None:
         owners_text = _text(owners, memo)
         if type(owners) is tuple:
             memo[id(owners)] = owners_text
+    # Typed as what they may hold, not as declared: a row whose fields break their types
+    # is written the general way, below.
+    transport: object = entry.transport
+    family: object = entry.family
+    state: object = entry.state
+    exposure: object = entry.exposure
+    interface: object = entry.interface
+    owner_status: object = entry.owner_status
+    if (
+        remote is None
+        and type(uid) is int
+        and type(inode) is int
+        and type(recv_queue) is int
+        and type(send_queue) is int
+        and (cgroup_id is None or type(cgroup_id) is int)
+        and (v6only is None or type(v6only) is bool)
+        and isinstance(transport, str)
+        and isinstance(family, str)
+        and isinstance(state, str)
+        and isinstance(exposure, str)
+        and isinstance(owner_status, str)
+        and (interface is None or isinstance(interface, str))
+    ):
+        # A listener: everything but its address, port, inode and queues is shared with
+        # many other rows, written once per document.
+        shape = (
+            transport,
+            family,
+            state,
+            uid,
+            exposure,
+            v6only,
+            cgroup_id,
+            interface,
+            id(netns),
+            owner_status,
+        )
+        parts = memo.shapes.get(shape)
+        if parts is None:
+            netns_text = "null" if netns is None else (memo.get(id(netns)) or _text(netns, memo))
+            parts = memo.shapes[shape] = (
+                f'{{"transport":{strs[transport]},"family":{strs[family]}'
+                f',"state":{strs[state]},"local":{{"ip":',
+                f'}},"remote":null,"uid":{uid},"inode":',
+                f',"exposure":{strs[exposure]},"recv_queue":',
+                f',"v6only":{"null" if v6only is None else _text(v6only, memo)}'
+                f',"cgroup_id":{"null" if cgroup_id is None else cgroup_id}'
+                f',"interface":{strs[interface]},"netns":{netns_text}'
+                f',"owner_status":{strs[owner_status]},"owners":',
+            )
+        return (
+            f'{lead}{parts[0]}{strs[ip]},"port":{port}{parts[1]}{inode}{parts[2]}'
+            f'{recv_queue},"send_queue":{send_queue}{parts[3]}'
+        ), owners_text
+    netns_text = "null" if netns is None else (memo.get(id(netns)) or _text(netns, memo))
     return (
         f'{lead}{{"transport":{strs[entry.transport]},"family":{strs[entry.family]}'
         f',"state":{strs[entry.state]},"local":{{"ip":{strs[ip]},"port":{port}}}'
