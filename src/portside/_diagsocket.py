@@ -13,7 +13,9 @@ from portside._diagrequests import NETLINK_SOCK_DIAG, dump_ended, table_requests
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Hashable, Sequence
+    from collections.abc import Sequence
+
+    from portside._early import Job
 
 RECV_BYTES = 65536
 _RECV_TIMEOUT = 2.0  # seconds: a dump never seen to end does not hold a command up
@@ -55,9 +57,7 @@ def early_key(request: bytes) -> tuple[str, bytes]:
     return ("sock_diag", request)
 
 
-def dump_jobs(
-    masks: Sequence[tuple[int, int]], port: int | None
-) -> list[tuple[Hashable, Callable[[], object]]]:
+def dump_jobs(masks: Sequence[tuple[int, int]], port: int | None) -> list[Job]:
     """Jobs for :func:`portside._early.start` that make the dumps of one socket-table
     query in this network namespace (``masks`` and ``port`` as
     :func:`portside._diagrequests.table_requests` takes them), each answering

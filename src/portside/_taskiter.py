@@ -45,9 +45,10 @@ _FEW_INODES = 64
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Hashable
+    from collections.abc import Collection
 
     from portside._bpfprograms import KernelLayout
+    from portside._early import Job
 
 #: The two iterator links once made: [(task_file link fd, task link fd)], or [None]
 #: when they cannot be made in this process; empty until first asked.
@@ -121,7 +122,7 @@ def namespace_pids() -> dict[int, int] | None:
 _TASKS, _FILES = 1, 0  # which link of _made_links
 
 
-def early_jobs() -> list[tuple[Hashable, Callable[[], object]]]:
+def early_jobs() -> list[Job]:
     """Jobs for :func:`portside._early.start` that run both iterators (the task one
     first: the namespaces are asked for before the owners), when they are known to work
     here; :func:`namespace_pids` and :func:`socket_holders` take their answers. The

@@ -113,13 +113,10 @@ INET_DIAG_SKV6ONLY = 11
 INET_DIAG_MARK = 15
 INET_DIAG_CGROUP_ID = 21
 
-_NLMSGHDR = NLMSGHDR
-_RTATTR = RTATTR
 _DIAG_MSG = struct.Struct("=BBBBHH16s16sI8sIIIII")  # ports: network order, swapped below
 _U64 = struct.Struct("=Q")
 _I32 = struct.Struct("=i")
 _NATIVE_LITTLE = sys.byteorder == "little"
-_align = align
 
 #: SocketState -> kernel state number(s) to ask for (the inverse of KERNEL_TCP_STATES).
 _TCP_STATE_BITS: dict[SocketState, int] = {
@@ -238,13 +235,13 @@ def _record(buffer: bytes, start: int, end: int) -> DiagRecord:
     mark: int | None = None
     offset = start + _DIAG_MSG.size
     while offset < end:
-        if end - offset < _RTATTR.size:
+        if end - offset < RTATTR.size:
             raise ValueError("attribute header truncated")
-        length, kind = _RTATTR.unpack_from(buffer, offset)
-        if length < _RTATTR.size or offset + length > end:
+        length, kind = RTATTR.unpack_from(buffer, offset)
+        if length < RTATTR.size or offset + length > end:
             raise ValueError("attribute length out of bounds")
-        data = offset + _RTATTR.size
-        size = length - _RTATTR.size
+        data = offset + RTATTR.size
+        size = length - RTATTR.size
         kind &= 0x3FFF  # drop NLA_F_NESTED / NLA_F_NET_BYTEORDER
         if kind == INET_DIAG_SKV6ONLY:
             if size < 1:
@@ -262,7 +259,7 @@ def _record(buffer: bytes, start: int, end: int) -> DiagRecord:
             if size < 4:
                 raise ValueError("short INET_DIAG_MARK")
             mark = int.from_bytes(buffer[data : data + 4], "little" if _NATIVE_LITTLE else "big")
-        offset += _align(length)
+        offset += align(length)
     if _NATIVE_LITTLE:
         sport = ((sport & 0xFF) << 8) | (sport >> 8)
         dport = ((dport & 0xFF) << 8) | (dport >> 8)
@@ -296,12 +293,12 @@ def parse_dump(buffer: bytes) -> DumpChunk:
     offset = 0
     total = len(buffer)
     while offset < total:
-        if total - offset < _NLMSGHDR.size:
+        if total - offset < NLMSGHDR.size:
             raise ValueError("netlink header truncated")
-        length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(buffer, offset)
-        if length < _NLMSGHDR.size or offset + length > total:
+        length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(buffer, offset)
+        if length < NLMSGHDR.size or offset + length > total:
             raise ValueError("netlink message length out of bounds")
-        body = offset + _NLMSGHDR.size
+        body = offset + NLMSGHDR.size
         end = offset + length
         if kind in _RECORD_TYPES:
             records.append(_record(buffer, body, end))
@@ -313,7 +310,7 @@ def parse_dump(buffer: bytes) -> DumpChunk:
                 raise ValueError("NLMSG_ERROR truncated")
             code = _I32.unpack_from(buffer, body)[0]
             return DumpChunk(records, True, -code if code < 0 else 0)
-        offset += _align(length)
+        offset += align(length)
     return DumpChunk(records, False, 0)
 
 
@@ -375,14 +372,14 @@ class _Layout:
         self, buffer: bytes, offset: int, length: int, message_type: int, family: int
     ) -> None:
         attributes: list[tuple[int, int, int]] = []  # (header word, kind, size) in order
-        position = offset + _NLMSGHDR.size + _DIAG_MSG.size
+        position = offset + NLMSGHDR.size + _DIAG_MSG.size
         end = offset + length
         while position < end:
-            size, kind = _RTATTR.unpack_from(buffer, position)
+            size, kind = RTATTR.unpack_from(buffer, position)
             word = _U32.unpack_from(buffer, position)[0]
             attributes.append((word, kind & 0x3FFF, size))
-            position += _align(size)
-        self.stride = _align(length)
+            position += align(size)
+        self.stride = align(length)
         self.family = family
         address = "4s12x" if family == AF_INET else "16s"
         check = ["=IH10xB71x"]  # nlmsg_len, nlmsg_type, idiag_family; then each header
@@ -392,12 +389,12 @@ class _Layout:
         index = 10
         self.v6only = self.cgroup = -1
         shape: list[int] = [length, message_type, family]
-        start = offset + _NLMSGHDR.size + _DIAG_MSG.size
+        start = offset + NLMSGHDR.size + _DIAG_MSG.size
         for word, kind, size in attributes:
-            room = min(_align(size), end - start) - size  # padding inside the message
-            check.append(f"I{size - _RTATTR.size + room}x")
+            room = min(align(size), end - start) - size  # padding inside the message
+            check.append(f"I{size - RTATTR.size + room}x")
             shape.append(word)
-            payload = size - _RTATTR.size
+            payload = size - RTATTR.size
             if kind == INET_DIAG_SKV6ONLY:
                 values.append(f"4xB{payload - 1 + room}x")
                 self.v6only = index
@@ -428,20 +425,20 @@ def _layout(buffer: bytes, offset: int, length: int) -> _Layout:
     """The layout of the (already checked) message at ``offset``, cached by its shape:
     length, type, family and every attribute header."""
     kind = _U16.unpack_from(buffer, offset + 4)[0]
-    key = [length, kind, buffer[offset + _NLMSGHDR.size]]
-    position = offset + _NLMSGHDR.size + _DIAG_MSG.size
+    key = [length, kind, buffer[offset + NLMSGHDR.size]]
+    position = offset + NLMSGHDR.size + _DIAG_MSG.size
     end = offset + length
     while position < end:
         word = _U32.unpack_from(buffer, position)[0]
         key.append(word)
-        position += _align(word & 0xFFFF if _NATIVE_LITTLE else word >> 16)
+        position += align(word & 0xFFFF if _NATIVE_LITTLE else word >> 16)
     shape = tuple(key)
     layout = _LAYOUTS.get(shape)
     if layout is None:
         if len(_LAYOUTS) >= 64:
             _LAYOUTS.clear()
         layout = _LAYOUTS[shape] = _Layout(
-            buffer, offset, length, kind, buffer[offset + _NLMSGHDR.size]
+            buffer, offset, length, kind, buffer[offset + NLMSGHDR.size]
         )
     return layout
 
@@ -470,12 +467,12 @@ def dump_entries(
     offset = 0
     total = len(buffer)
     while offset < total:
-        if total - offset < _NLMSGHDR.size:
+        if total - offset < NLMSGHDR.size:
             raise ValueError("netlink header truncated")
-        length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(buffer, offset)
-        if length < _NLMSGHDR.size or offset + length > total:
+        length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(buffer, offset)
+        if length < NLMSGHDR.size or offset + length > total:
             raise ValueError("netlink message length out of bounds")
-        body = offset + _NLMSGHDR.size
+        body = offset + NLMSGHDR.size
         end = offset + length
         if kind in _RECORD_TYPES:
             record = _record(buffer, body, end)  # the careful way, for the run's first
@@ -511,7 +508,7 @@ def dump_entries(
                 raise ValueError("NLMSG_ERROR truncated")
             code = _I32.unpack_from(buffer, body)[0]
             return entries, True, -code if code < 0 else 0
-        offset += _align(length)
+        offset += align(length)
     return entries, False, 0
 
 

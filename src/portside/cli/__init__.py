@@ -16,7 +16,9 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Callable, Hashable, Sequence
+    from collections.abc import Sequence
+
+    from portside._early import Job
 
 
 class Handler:
@@ -228,11 +230,11 @@ def _start_early(options: argparse.Namespace) -> None:
         start(_early_jobs(options))
 
 
-def _early_jobs(options: argparse.Namespace) -> list[list[tuple[Hashable, Callable[[], object]]]]:
+def _early_jobs(options: argparse.Namespace) -> list[list[Job]]:
     """The kernel work an inspection command will ask for, as groups of jobs for
     :func:`portside._early.start`: its socket-table dumps (with the default backend, on
     Linux), and the task iterators' runs. A guess that misses costs a dump nobody takes."""
-    groups: list[list[tuple[Hashable, Callable[[], object]]]] = []
+    groups: list[list[Job]] = []
     if sys.platform == "linux":
         table = (
             _early_table(options)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import _socket
 import errno
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 
 from portside._diagrequests import table_requests
@@ -64,31 +64,40 @@ def _dump_entries(
     netns: NetNamespace | None,
     interface_name: Callable[[int], str],
 ) -> list[SocketEntry]:
-    entries: list[SocketEntry] = []
     if netns is None or netns.is_current:
         # Made as the command started, when it did (portside._early): this namespace's.
         made, datagrams = take(early_key(request))
         if made:
-            for datagram in datagrams:  # type: ignore[attr-defined]
-                chunk, done, error = dump_entries(
-                    datagram, transport, netns=netns, interface_name=interface_name
-                )
-                entries.extend(chunk)
-                if done:
-                    if error:
-                        raise OSError(error, f"sock_diag dump failed: {error}")
-                    return entries
-            entries.clear()  # not a whole dump after all: asked again, below
+            entries = _parsed(datagrams, transport, netns, interface_name)  # type: ignore[arg-type]
+            if entries is not None:
+                return entries
+            # Not a whole dump after all: asked again, below.
     sock.send(request)
-    while True:
+    received = iter(lambda: sock.recv(RECV_BYTES), None)  # until the dump says it ended
+    entries = _parsed(received, transport, netns, interface_name)
+    assert entries is not None  # noqa: S101 -- the received datagrams never run out
+    return entries
+
+
+def _parsed(
+    datagrams: Iterable[bytes],
+    transport: Transport,
+    netns: NetNamespace | None,
+    interface_name: Callable[[int], str],
+) -> list[SocketEntry] | None:
+    """The entries of one dump's ``datagrams``, read up to the one that ends it; None
+    when they run out before it. Raises OSError with the errno the kernel reported."""
+    entries: list[SocketEntry] = []
+    for datagram in datagrams:
         chunk, done, error = dump_entries(
-            sock.recv(RECV_BYTES), transport, netns=netns, interface_name=interface_name
+            datagram, transport, netns=netns, interface_name=interface_name
         )
         entries.extend(chunk)
         if done:
             if error:
                 raise OSError(error, f"sock_diag dump failed: {error}")
             return entries
+    return None
 
 
 def _interface_namer() -> Callable[[int], str]:
