@@ -173,17 +173,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _start_early(options)
     brief = options.handler in _BRIEF
     debug = bool(getattr(options, "debug", False))
-    if (
-        options.handler in _EVERY_LISTENER
-        and getattr(options, "backend", None) is None
-        and _BACKEND_ENV not in os.environ
-    ):
-        # Every fd table will probably be read: a forked reader starts on it now, while
-        # the rest of portside is imported (portside._fdtables says when it pays; not
-        # where the task iterators answer).
-        from portside._fdtables import start_prescan
-
-        start_prescan()
     # The inspection commands make tens of thousands of objects in a few milliseconds
     # and then exit: the cyclic garbage collector would only walk them over and over
     # (a tenth of `portside ls`). Reference counting still frees everything.
@@ -224,10 +213,23 @@ def _start_early(options: argparse.Namespace) -> None:
     """For an inspection command: the kernel work it will ask for (its socket table's
     dumps and, where they work, the task iterators) starts now, in threads, while the
     rest of portside is imported (portside._early)."""
+    if options.handler in _EVERY_LISTENER and _default_backend(options):
+        # Every fd table will probably be read: a forked reader starts on it now, while
+        # the rest of portside is imported (portside._fdtables says when it pays; not
+        # where the task iterators answer). First: a process with threads never forks.
+        from portside._fdtables import start_prescan
+
+        start_prescan()
     if options.handler in _BRIEF:
         from portside._early import start
 
         start(_early_jobs(options))
+
+
+def _default_backend(options: argparse.Namespace) -> bool:
+    """Whether the command lists sockets with the default backend (neither ``--backend``
+    nor ``PORTSIDE_BACKEND`` chose one)."""
+    return getattr(options, "backend", None) is None and _BACKEND_ENV not in os.environ
 
 
 def _early_jobs(options: argparse.Namespace) -> list[list[Job]]:
@@ -236,11 +238,7 @@ def _early_jobs(options: argparse.Namespace) -> list[list[Job]]:
     Linux), and the task iterators' runs. A guess that misses costs a dump nobody takes."""
     groups: list[list[Job]] = []
     if sys.platform == "linux":
-        table = (
-            _early_table(options)
-            if getattr(options, "backend", None) is None and _BACKEND_ENV not in os.environ
-            else None
-        )
+        table = _early_table(options) if _default_backend(options) else None
         if table is not None:
             from portside._diagsocket import dump_jobs
 
