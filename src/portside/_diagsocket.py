@@ -52,6 +52,14 @@ def raw_dump(request: bytes) -> list[bytes]:
         sock.close()
 
 
+def timed_dump(request: bytes) -> tuple[list[bytes], float]:
+    """:func:`raw_dump`'s datagrams, and when (``time.monotonic``) the dump ended."""
+    from time import monotonic
+
+    datagrams = raw_dump(request)
+    return datagrams, monotonic()
+
+
 def early_key(request: bytes) -> tuple[str, bytes]:
     """The key of the early job that made the dump ``request`` (see :func:`dump_jobs`)."""
     return ("sock_diag", request)
@@ -61,8 +69,8 @@ def dump_jobs(masks: Sequence[tuple[int, int]], port: int | None) -> list[Job]:
     """Jobs for :func:`portside._early.start` that make the dumps of one socket-table
     query in this network namespace (``masks`` and ``port`` as
     :func:`portside._diagrequests.table_requests` takes them), each answering
-    :func:`raw_dump`'s datagrams under :func:`early_key` of its request."""
+    :func:`timed_dump` under :func:`early_key` of its request."""
     return [
-        (early_key(request), lambda request=request: raw_dump(request))  # type: ignore[misc]
+        (early_key(request), lambda request=request: timed_dump(request))  # type: ignore[misc]
         for _protocol, _family, request in table_requests(masks, port)
     ]

@@ -25,6 +25,7 @@ too, so that it is not asked again.
 
 from __future__ import annotations
 
+import _thread
 import os
 import sys
 
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 #: The two iterator links once made: [(task_file link fd, task link fd)], or [None]
 #: when they cannot be made in this process; empty until first asked.
 _links: list[tuple[int, int] | None] = []
+_MAKING_LINKS = _thread.allocate_lock()
 
 
 def usable() -> bool:
@@ -75,22 +77,28 @@ def known_to_work() -> bool:
 
 
 def socket_holders(
-    inodes: Collection[int] | None = None,
+    inodes: Collection[int] | None = None, *, table_read: float | None = None
 ) -> tuple[dict[int, list[int]], int] | None:
     """(socket inode -> the pids holding it, ascending; how many processes hold a
     socket), for every socket of every process, or for ``inodes`` only; None when the
     iterators cannot run. The early run's answer when one was started (see
-    :func:`early_jobs`)."""
-    data, early = _iterated(_FILES)
+    :func:`early_jobs`).
+
+    ``table_read``: when (``time.monotonic``) the reads of the table that named
+    ``inodes`` ended, if known. A wanted socket the early answer lacks is looked for
+    again in a fresh run, unless that answer was begun after the table was read: then
+    the socket is no younger than it, and no process held it.
+    """
+    data, started = _iterated(_FILES)
     if data is None:
         return None
     found = _holders(data, inodes)
-    if early and inodes is not None:
+    if started is not None and inodes is not None:
         missing = [inode for inode in inodes if inode not in found[0]]
-        if missing:
+        if missing and (table_read is None or table_read >= started):
             # A wanted socket the early snapshot does not know may be younger than it:
             # looked for once more, in a fresh run (no older than the caller's table).
-            data, _early_answer = _iterated(_FILES)
+            data, _started = _iterated(_FILES)
             if data is not None:
                 more, processes = _holders(data, missing)
                 found[0].update(more)
@@ -111,7 +119,7 @@ def _holders(data: bytes, inodes: Collection[int] | None) -> tuple[dict[int, lis
 def namespace_pids() -> dict[int, int] | None:
     """Network namespace inode -> the lowest pid inside it, for every process; None when
     the iterators cannot run. The early run's answer when one was started."""
-    data, _early_answer = _iterated(_TASKS)
+    data, _started = _iterated(_TASKS)
     if data is None:
         return None
     from portside._bpfprograms import namespaces_from_records
@@ -123,14 +131,17 @@ _TASKS, _FILES = 1, 0  # which link of _made_links
 
 
 def early_jobs() -> list[Job]:
-    """Jobs for :func:`portside._early.start` that run both iterators (the task one
-    first: the namespaces are asked for before the owners), when they are known to work
-    here; :func:`namespace_pids` and :func:`socket_holders` take their answers. The
-    answers are a snapshot taken as the command starts, as ``ss -p``'s are: a socket
-    made after it shows no holder."""
+    """Jobs for :func:`portside._early.start` that run the task iterator, then the
+    task_file one, when they are known to work here; :func:`namespace_pids` and
+    :func:`socket_holders` take their answers. The answers are a snapshot taken as the
+    command starts, as ``ss -p``'s are: a socket made after it shows no holder."""
     if not known_to_work():
         return []
-    return [(_early_key(which), lambda which=which: _fresh(which)) for which in (_TASKS, _FILES)]  # type: ignore[misc]
+    return [_early_job(_TASKS), _early_job(_FILES)]
+
+
+def _early_job(which: int) -> Job:
+    return _early_key(which), lambda: _timed_run(which)
 
 
 def _early_key(which: int) -> tuple[str, int]:
@@ -143,18 +154,34 @@ def _fresh(which: int) -> bytes | None:
     return _run(links[which]) if links is not None else None
 
 
-def _iterated(which: int) -> tuple[bytes | None, bool]:
-    """What the iterator ``which`` writes, and whether that is the early run's answer
-    (taken once; else a fresh run). None when the iterators may not or cannot run
-    (asked every time: ``PORTSIDE_BPF`` may change in a long-lived process)."""
+def _timed_run(which: int) -> tuple[float, bytes | None] | None:
+    """When (``time.monotonic``) a fresh run of the iterator ``which`` began, and what it
+    wrote; None when it cannot run."""
+    from time import monotonic
+
+    links = _made_links()
+    if links is None:
+        return None
+    started = monotonic()
+    return started, _run(links[which])
+
+
+def _iterated(which: int) -> tuple[bytes | None, float | None]:
+    """What the iterator ``which`` writes, and when the run began if it is the early
+    run's answer (taken once; else a fresh run, and None). None when the iterators may
+    not or cannot run (asked every time: ``PORTSIDE_BPF`` may change in a long-lived
+    process)."""
     if not usable():
-        return None, False
+        return None, None
     from portside._early import take
 
-    made, data = take(_early_key(which))
+    made, answer = take(_early_key(which))
     if made:
-        return data, True  # type: ignore[return-value]  # what _fresh answered
-    return _fresh(which), False
+        if answer is None:
+            return None, None
+        timed: tuple[float, bytes | None] = answer  # type: ignore[assignment]  # _timed_run's
+        return timed[1], timed[0]
+    return _fresh(which), None
 
 
 # -- the cache of the kernel's layout --------------------------------------------------------
@@ -290,9 +317,15 @@ def _link(program: int) -> int:
 
 
 def _made_links() -> tuple[int, int] | None:
-    """The two iterator links, made on first use; None when they cannot be."""
+    """The two iterator links, made on first use (by one thread: the early jobs run in
+    two); None when they cannot be."""
     if _links:
         return _links[0]
+    with _MAKING_LINKS:
+        return _links[0] if _links else _make_links()
+
+
+def _make_links() -> tuple[int, int] | None:
     links: tuple[int, int] | None = None
     layout = _layout() if usable() else None
     if layout is not None:

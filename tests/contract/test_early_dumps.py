@@ -5,6 +5,7 @@ the CLI starts is the one the library then asks for."""
 import json
 import socket
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -22,6 +23,7 @@ from portside.cli import main
 from portside.models import Transport
 from portside.sockdiag import dump_entries
 from portside.sockets import SocketQuery
+from portside.sockets._backend import end_reads, gather_reads
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="sock_diag is Linux's")
 
@@ -50,7 +52,9 @@ def test_a_raw_dump_ends_with_the_dump_and_holds_the_sockets(port: int):
     jobs = dump_jobs(EVERY_STATE, port)
     requests = table_requests(EVERY_STATE, port)
     assert [key for key, _job in jobs] == [early_key(request) for _p, _f, request in requests]
-    datagrams = jobs[0][1]()  # TCP, both families
+    before = time.monotonic()
+    datagrams, ended = jobs[0][1]()  # TCP, both families; when the dump ended
+    assert before <= ended <= time.monotonic()
     assert isinstance(datagrams, list)
     found = []
     for index, datagram in enumerate(datagrams):
@@ -75,6 +79,35 @@ def test_the_table_takes_the_early_dumps_and_finds_what_a_fresh_one_finds(port: 
     assert {(e.transport, e.state) for e in early} == {("tcp", "listen"), ("udp", "unconnected")}
     # Taken once: the next query dumps afresh, and finds the same.
     assert _kept(query_entries(query)) == _kept(fresh)
+
+
+def test_a_table_read_from_the_early_dumps_is_dated_by_them(port: int):
+    """The owners' lookup learns when the table was read: as the early dumps ended, not
+    when they were taken; a fresh dump, as it ends."""
+    from portside.sockets._netlink import query_entries
+
+    query = SocketQuery(port=port)
+    _early.start([dump_jobs(EVERY_STATE, port)])
+    ends = []
+    for done, answer in list(_early._answers.values()):
+        with done:  # every dump has ended
+            pass
+        ends.append(answer[0][1])
+    taken_at = time.monotonic()
+    reads = gather_reads()
+    try:
+        query_entries(query)
+    finally:
+        end_reads()
+    assert sorted(reads) == sorted(ends)
+    assert max(reads) < taken_at
+    reads = gather_reads()
+    try:
+        query_entries(query)  # afresh: nothing early is left
+    finally:
+        end_reads()
+    assert len(reads) == 3
+    assert min(reads) > taken_at
 
 
 @pytest.mark.parametrize(
@@ -119,3 +152,23 @@ def test_the_cli_starts_the_dumps_its_command_takes(
             ("tcp", "listen"),
             ("udp", "unconnected"),
         }
+
+
+def test_the_owners_snapshot_runs_after_the_dumps_in_their_thread(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """ls's early jobs: the dumps, then the task_file iterator, in one thread (so its
+    snapshot is newer than the table); the task iterator in the other."""
+    from portside import _taskiter
+    from portside._diagrequests import LISTENING_TCP_STATES, LISTENING_UDP_STATES
+    from portside.cli import _early_jobs, _fast_options
+
+    monkeypatch.delenv("PORTSIDE_BACKEND", raising=False)
+    monkeypatch.setattr(_taskiter, "known_to_work", lambda: True)  # the arrangement only
+    options = _fast_options(["ls", "--json"])
+    assert options is not None
+    listening = [(IPPROTO_TCP, LISTENING_TCP_STATES), (IPPROTO_UDP, LISTENING_UDP_STATES)]
+    dumps = [key for key, _job in dump_jobs(listening, None)]
+    files, tasks = (_taskiter._early_key(which) for which in (_taskiter._FILES, _taskiter._TASKS))
+    groups = [[key for key, _job in jobs] for jobs in _early_jobs(options)]
+    assert groups == [[*dumps, files], [tasks]]

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -218,15 +219,50 @@ def test_a_socket_younger_than_the_early_run_is_still_found(fresh: Path):
     done, answer = _early._answers[_taskiter._early_key(_taskiter._FILES)]
     with done:  # the run has ended
         pass
-    [snapshot] = answer
+    [(started, snapshot)] = answer
     assert isinstance(snapshot, bytes)
     with socket.create_server(("127.0.0.1", 0)) as late:
         inode = os.fstat(late.fileno()).st_ino
         assert inode.to_bytes(8, "little") not in snapshot  # younger than the snapshot
-        found = _taskiter.socket_holders([inode])
+        read = time.monotonic()  # its table, read after the snapshot began
+        assert read > started
+        found = _taskiter.socket_holders([inode], table_read=read)
     assert found is not None
     assert found[0] == {inode: [os.getpid()]}
     _early.end()
+
+
+@pytest.mark.parametrize("table_read", ["before the snapshot", "after it", "unknown"])
+def test_a_socket_the_early_run_lacks_is_looked_for_again_unless_its_table_is_older(
+    fresh: Path, table_read: str, monkeypatch: pytest.MonkeyPatch
+):
+    """A socket of a table read before the early snapshot began, which the snapshot does
+    not show held, was held by nobody: no second run. Read after it, or at an unknown
+    moment, it may be younger: the iterator runs again."""
+    assert _taskiter.socket_holders() is not None
+    with socket.create_server(("127.0.0.1", 0)) as gone:
+        inode = os.fstat(gone.fileno()).st_ino  # closed before the snapshot: no holder
+    read_at = time.monotonic()
+    _early.start([_taskiter.early_jobs()])
+    done, answer = _early._answers[_taskiter._early_key(_taskiter._FILES)]
+    with done:
+        pass
+    [(started, _snapshot)] = answer
+    assert started > read_at
+    runs: list[int] = []
+    real_run = _taskiter._run
+
+    def counted_run(link: int) -> bytes | None:
+        runs.append(link)
+        return real_run(link)
+
+    monkeypatch.setattr(_taskiter, "_run", counted_run)
+    moment = {"before the snapshot": read_at, "after it": time.monotonic(), "unknown": None}
+    found = _taskiter.socket_holders([inode], table_read=moment[table_read])
+    _early.end()
+    assert found is not None
+    assert inode not in found[0]
+    assert len(runs) == (0 if table_read == "before the snapshot" else 1)
 
 
 def test_who_names_the_same_owners_with_and_without_the_iterators(shared):

@@ -141,3 +141,28 @@ def test_tcp_of_both_families_in_one_request_is_what_one_request_per_family_give
         (Family.IPV6, SocketState.LISTEN),
         (Family.IPV6, SocketState.BOUND),
     }
+
+
+def test_the_reads_a_table_is_dated_by_are_this_threads_own():
+    """A backend's note of a read lands in the list of the table its thread is
+    gathering, innermost first; another thread's notes never do."""
+    import threading
+
+    from portside.sockets._backend import end_reads, gather_reads, note_table_read
+
+    note_table_read(1.0)  # nobody is gathering: kept nowhere
+    outer = gather_reads()
+    try:
+        note_table_read(2.0)
+        inner = gather_reads()
+        try:
+            note_table_read(3.0)
+            elsewhere = threading.Thread(target=note_table_read, args=(4.0,))
+            elsewhere.start()
+            elsewhere.join()
+        finally:
+            end_reads()
+        note_table_read(5.0)
+    finally:
+        end_reads()
+    assert (outer, inner) == ([2.0, 5.0], [3.0])

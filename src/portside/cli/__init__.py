@@ -236,17 +236,20 @@ def _early_jobs(options: argparse.Namespace) -> list[list[Job]]:
     """The kernel work an inspection command will ask for, as groups of jobs for
     :func:`portside._early.start`: its socket-table dumps (with the default backend, on
     Linux), and the task iterators' runs. A guess that misses costs a dump nobody takes."""
-    groups: list[list[Job]] = []
-    if sys.platform == "linux":
-        table = _early_table(options) if _default_backend(options) else None
-        if table is not None:
-            from portside._diagsocket import dump_jobs
+    if sys.platform != "linux":
+        return []
+    dumps: list[Job] = []
+    table = _early_table(options) if _default_backend(options) else None
+    if table is not None:
+        from portside._diagsocket import dump_jobs
 
-            groups.append(dump_jobs(*table))
-        from portside._taskiter import early_jobs
+        dumps = dump_jobs(*table)
+    from portside._taskiter import early_jobs
 
-        groups.append(early_jobs())
-    return groups
+    iterators = early_jobs()  # the task iterator's run, then the task_file one's
+    # The owners' snapshot in the dumps' thread, after them: newer than the table, it
+    # needs no second run for a socket it does not know (_taskiter.socket_holders).
+    return [[*dumps, *iterators[1:]], iterators[:1]]
 
 
 def _early_table(options: argparse.Namespace) -> tuple[list[tuple[int, int]], int | None] | None:

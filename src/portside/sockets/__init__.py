@@ -24,6 +24,8 @@ from portside.sockets._backend import (
     BACKEND_NAMES,
     SocketBackend,
     SocketQuery,
+    end_reads,
+    gather_reads,
     select_backend,
 )
 
@@ -86,7 +88,11 @@ def _table(
     keep: Callable[[SocketEntry], bool] | None = None,
 ) -> list[SocketEntry]:
     chosen = backend or select_backend()
-    entries = _gather(chosen, query, namespaces)
+    reads = gather_reads()
+    try:
+        entries = _gather(chosen, query, namespaces)
+    finally:
+        end_reads()
     if keep is not None:
         entries = [entry for entry in entries if keep(entry)]
     if sys.platform == "linux":
@@ -95,8 +101,10 @@ def _table(
 
             # Our backends make new entries for every call: completed in place. Entries
             # of a backend from elsewhere may be kept by it, so those are copied.
-            fresh = type(chosen).__module__.startswith("portside.sockets.")
-            entries = attach_owners(entries, fresh=fresh)
+            ours = type(chosen).__module__.startswith("portside.sockets.")
+            # When the table was read, if our backend said so for every read.
+            read = max(reads) if ours and reads else None
+            entries = attach_owners(entries, fresh=ours, table_read=read)
     return entries
 
 

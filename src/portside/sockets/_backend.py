@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import dataclasses
 import os
 import sys
@@ -54,6 +55,40 @@ class SocketBackend(_Protocol):
 
         Raises BackendUnavailableError when this backend cannot look inside namespaces.
         """
+
+
+class _TableReads(_thread._local):
+    """The ends of the socket-table reads made for the tables this thread is gathering
+    (``portside.sockets``), innermost last: one list of ``time.monotonic`` moments each."""
+
+    def __init__(self) -> None:
+        self.lists: list[list[float]] = []
+
+
+_TABLE_READS = _TableReads()
+
+
+def note_table_read(ended: float) -> None:
+    """What a backend says as each read of the kernel's socket table ends: ``ended`` is
+    when (``time.monotonic``; earlier than now for a dump made as the command started,
+    portside._early). The owners of a table read before the task iterators' snapshot
+    need no second run of them (portside._taskiter.socket_holders)."""
+    lists = _TABLE_READS.lists
+    if lists:
+        lists[-1].append(ended)
+
+
+def gather_reads() -> list[float]:
+    """A new list that :func:`note_table_read` fills, in this thread, until
+    :func:`end_reads`."""
+    reads: list[float] = []
+    _TABLE_READS.lists.append(reads)
+    return reads
+
+
+def end_reads() -> None:
+    """Stop filling the list this thread's latest :func:`gather_reads` made."""
+    _TABLE_READS.lists.pop()
 
 
 def select_backend(name: str | None = None) -> SocketBackend:

@@ -14,6 +14,7 @@ import errno
 import sys
 from collections.abc import Callable, Iterable
 from functools import lru_cache
+from time import monotonic
 
 from portside._diagrequests import table_requests
 from portside._diagsocket import RECV_BYTES, early_key, open_sock_diag
@@ -31,7 +32,7 @@ from portside.sockdiag import (
     parse_dump,
     state_mask,
 )
-from portside.sockets._backend import SocketQuery
+from portside.sockets._backend import SocketQuery, note_table_read
 
 assert sys.platform == "linux"  # noqa: S101 -- mypy skips this module on other platforms
 
@@ -66,16 +67,19 @@ def _dump_entries(
 ) -> list[SocketEntry]:
     if netns is None or netns.is_current:
         # Made as the command started, when it did (portside._early): this namespace's.
-        made, datagrams = take(early_key(request))
+        made, answer = take(early_key(request))
         if made:
-            entries = _parsed(datagrams, transport, netns, interface_name)  # type: ignore[arg-type]
+            timed: tuple[list[bytes], float] = answer  # type: ignore[assignment]  # timed_dump's
+            entries = _parsed(timed[0], transport, netns, interface_name)
             if entries is not None:
+                note_table_read(timed[1])
                 return entries
             # Not a whole dump after all: asked again, below.
     sock.send(request)
     received = iter(lambda: sock.recv(RECV_BYTES), None)  # until the dump says it ended
     entries = _parsed(received, transport, netns, interface_name)
     assert entries is not None  # noqa: S101 -- the received datagrams never run out
+    note_table_read(monotonic())
     return entries
 
 

@@ -184,13 +184,17 @@ def _open_fds(pid: int) -> int | None:
 _Group = tuple[int | None, frozenset[int] | None, list[int]]
 
 
-def scan_holders(wanted: Mapping[int, tuple[int | None, int | None]]) -> OwnerScan:
+def scan_holders(
+    wanted: Mapping[int, tuple[int | None, int | None]], *, table_read: float | None = None
+) -> OwnerScan:
     """The pids holding each socket inode in ``wanted`` (inode -> (uid, cgroup id), either
-    None when unknown). Inodes no visible process holds are absent from ``holders``."""
+    None when unknown). Inodes no visible process holds are absent from ``holders``.
+    ``table_read``: when (``time.monotonic``) the table naming them was read, if known
+    (portside._taskiter.socket_holders)."""
     holders: dict[int, list[int]] = {}
     if not wanted:
         return OwnerScan(holders={}, processes_read=0, processes_seen=0)
-    iterated = socket_holders(wanted.keys())  # every holder, from the kernel
+    iterated = socket_holders(wanted.keys(), table_read=table_read)  # from the kernel
     if iterated is not None:
         end_prescan()
         every, holding = iterated
@@ -389,7 +393,9 @@ def _with_owners(
     return assemble(SocketEntry, fields)
 
 
-def attach_owners(entries: Sequence[SocketEntry], *, fresh: bool = False) -> list[SocketEntry]:
+def attach_owners(
+    entries: Sequence[SocketEntry], *, fresh: bool = False, table_read: float | None = None
+) -> list[SocketEntry]:
     """``entries`` with ``owners`` and ``owner_status`` filled in (identity and ancestors
     are left for the layer above). Entries that already have an owner status are kept.
 
@@ -397,7 +403,8 @@ def attach_owners(entries: Sequence[SocketEntry], *, fresh: bool = False) -> lis
     queue, an orphan closing down). NOT_VISIBLE: no process we may see holds it. Sockets
     held by the same processes share one tuple of owners (records are immutable).
     ``fresh``: the entries were just made by the caller and nobody else holds them yet,
-    so they are completed in place instead of copied.
+    so they are completed in place instead of copied. ``table_read``: when the entries
+    were read from the kernel, if known (see :func:`scan_holders`).
     """
     not_looked_up = OwnerStatus.NOT_LOOKED_UP
     time_wait = SocketState.TIME_WAIT
@@ -405,7 +412,7 @@ def attach_owners(entries: Sequence[SocketEntry], *, fresh: bool = False) -> lis
     for entry in entries:
         if entry.owner_status is not_looked_up and entry.state is not time_wait and entry.inode:
             wanted[entry.inode] = (entry.uid, entry.cgroup_id)
-    holders = scan_holders(wanted).holders
+    holders = scan_holders(wanted, table_read=table_read).holders
     from portside.processes import process_info
 
     infos: dict[int, ProcessInfo | None] = {}
