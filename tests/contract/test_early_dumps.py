@@ -53,7 +53,9 @@ def test_a_raw_dump_ends_with_the_dump_and_holds_the_sockets(port: int):
     requests = table_requests(EVERY_STATE, port)
     assert [key for key, _job in jobs] == [early_key(request) for _p, _f, request in requests]
     before = time.monotonic()
-    datagrams, ended = jobs[0][1]()  # TCP, both families; when the dump ended
+    timed = jobs[0][1]()  # TCP, both families; when the dump ended
+    assert isinstance(timed, tuple)
+    datagrams, ended = timed
     assert before <= ended <= time.monotonic()
     assert isinstance(datagrams, list)
     found = []
@@ -92,7 +94,9 @@ def test_a_table_read_from_the_early_dumps_is_dated_by_them(port: int):
     for done, answer in list(_early._answers.values()):
         with done:  # every dump has ended
             pass
-        ends.append(answer[0][1])
+        [timed] = answer
+        assert isinstance(timed, tuple)
+        ends.append(timed[1])
     taken_at = time.monotonic()
     reads = gather_reads()
     try:

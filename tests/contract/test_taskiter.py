@@ -219,7 +219,9 @@ def test_a_socket_younger_than_the_early_run_is_still_found(fresh: Path):
     done, answer = _early._answers[_taskiter._early_key(_taskiter._FILES)]
     with done:  # the run has ended
         pass
-    [(started, snapshot)] = answer
+    [timed] = answer
+    assert isinstance(timed, tuple)
+    started, snapshot = timed
     assert isinstance(snapshot, bytes)
     with socket.create_server(("127.0.0.1", 0)) as late:
         inode = os.fstat(late.fileno()).st_ino
@@ -247,7 +249,9 @@ def test_a_socket_the_early_run_lacks_is_looked_for_again_unless_its_table_is_ol
     done, answer = _early._answers[_taskiter._early_key(_taskiter._FILES)]
     with done:
         pass
-    [(started, _snapshot)] = answer
+    [timed] = answer
+    assert isinstance(timed, tuple)
+    started = timed[0]
     assert started > read_at
     runs: list[int] = []
     real_run = _taskiter._run
