@@ -148,12 +148,6 @@ def _early_key(which: int) -> tuple[str, int]:
     return ("bpf task iterator", which)
 
 
-def _fresh(which: int) -> bytes | None:
-    """What one fresh run of the iterator ``which`` writes (None when it cannot run)."""
-    links = _made_links()
-    return _run(links[which]) if links is not None else None
-
-
 def _timed_run(which: int) -> tuple[float, bytes | None] | None:
     """When (``time.monotonic``) a fresh run of the iterator ``which`` began, and what it
     wrote; None when it cannot run."""
@@ -181,7 +175,8 @@ def _iterated(which: int) -> tuple[bytes | None, float | None]:
             return None, None
         timed: tuple[float, bytes | None] = answer  # type: ignore[assignment]  # _timed_run's
         return timed[1], timed[0]
-    return _fresh(which), None
+    fresh = _timed_run(which)
+    return (fresh[1] if fresh is not None else None), None
 
 
 # -- the cache of the kernel's layout --------------------------------------------------------

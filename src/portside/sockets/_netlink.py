@@ -43,9 +43,6 @@ _NO_IPV6 = (errno.ENOENT, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT)
 _TCP_REQUEST_REFUSED: list[bool] = []
 
 
-_open = open_sock_diag
-
-
 def _dump(sock: _socket.socket, request: bytes) -> list[DiagRecord]:
     sock.send(request)
     records: list[DiagRecord] = []
@@ -134,7 +131,7 @@ def query_entries(query: SocketQuery, netns: NetNamespace | None = None) -> list
         return []
     entries: list[SocketEntry] = []
     try:
-        sock = _open()
+        sock = open_sock_diag()
     except PermissionError as error:
         raise AccessDeniedError("the kernel socket table (NETLINK_SOCK_DIAG)") from error
     except OSError as error:
@@ -156,7 +153,7 @@ def query_entries(query: SocketQuery, netns: NetNamespace | None = None) -> list
                 # there).
                 _TCP_REQUEST_REFUSED.append(True)
                 sock.close()
-                sock = _open()
+                sock = open_sock_diag()
                 tcp_masks = [(tcp, mask) for tcp, mask in masks if tcp == protocol]
                 for _tcp, each, again in table_requests(tcp_masks, query.port, tcp_in_one=False):
                     entries.extend(
@@ -187,7 +184,7 @@ def _family_dump(
 @lru_cache(maxsize=1)
 def _answers() -> bool:
     try:
-        sock = _open()
+        sock = open_sock_diag()
         try:
             _dump(sock, dump_request(AF_INET, IPPROTO_TCP, 0))  # no states: an empty dump
         finally:
